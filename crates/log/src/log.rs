@@ -288,9 +288,6 @@ impl Log {
             )?;
             partitions.push(Arc::new(part));
         }
-        storage
-            .sync_dir(&dir)
-            .map_err(io_err("sync directory", &dir))?;
         write_meta(storage, &dir, &config)?;
         let topic = Arc::new(Topic {
             name: name.to_string(),
