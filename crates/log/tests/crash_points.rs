@@ -19,17 +19,22 @@ use std::sync::Arc;
 const ROOT: &str = "/data";
 const APPENDS: usize = 120;
 
+/// A partition: (topic, partition index).
+type Key = (String, u32);
+/// The record values of one batch.
+type Values = Vec<Vec<u8>>;
+
 /// What the workload was told, in order: the test's model of acknowledged state.
 #[derive(Debug, Default, Clone)]
 struct History {
     /// Acknowledged batches per (topic, partition): base offset → record values.
-    acked: BTreeMap<(String, u32), BTreeMap<u64, Vec<Vec<u8>>>>,
+    acked: BTreeMap<Key, BTreeMap<u64, Values>>,
     /// The batch whose append was cut short by the crash, if any.
-    in_flight: Option<((String, u32), Vec<Vec<u8>>)>,
+    in_flight: Option<(Key, Values)>,
     /// Topics whose creation was acknowledged.
     topics: Vec<String>,
     /// Lowest log start each partition may recover to (from acknowledged retention).
-    log_start_min: BTreeMap<(String, u32), u64>,
+    log_start_min: BTreeMap<Key, u64>,
     /// Whether the crash hit a retention pass (so the log start may be anywhere above the min).
     retention_in_flight: bool,
 }
