@@ -1,0 +1,610 @@
+//! Gearbox's HTTP API: routes, request parsing, replies. The contract is `docs/api.md`.
+//!
+//! Handlers parse and validate, then call the [`Broker`] on a blocking thread (its calls may
+//! wait for `fdatasync`). Only this crate knows HTTP and JSON DTOs.
+//!
+//! Limits: a request body is at most [`BODY_BYTES_MAX`]; a batch at most [`BATCH_EVENTS_MAX`]
+//! events; a long poll waits at most [`POLL_WAIT_MS_MAX`]; a read or poll returns at most
+//! `READ_EVENTS_MAX` events.
+
+pub mod error;
+
+use crate::error::ApiError;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use gearbox_core::broker::{
+    Broker, BrokerError, Delivery, READ_EVENTS_MAX, StoredEvent, SubscriptionInfo, TopicInfo,
+};
+use gearbox_core::event::CloudEvent;
+use gearbox_core::subscription::Settings;
+use gearbox_log::Retention;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Largest request body.
+pub const BODY_BYTES_MAX: usize = 16 << 20;
+/// Most events in one batched request.
+pub const BATCH_EVENTS_MAX: usize = 10_000;
+/// Longest a poll waits.
+pub const POLL_WAIT_MS_MAX: u64 = 30_000;
+/// Default number of events a read or poll returns.
+const EVENTS_DEFAULT: usize = 100;
+
+/// Shared state of the HTTP server.
+#[derive(Debug)]
+pub struct AppState {
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// State over `broker`; long polls end early once `shutdown` turns true.
+    #[must_use]
+    pub fn new(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> Arc<AppState> {
+        Arc::new(AppState { broker, shutdown })
+    }
+}
+
+type Shared = State<Arc<AppState>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// The API's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let sub = "/v1/topics/{topic}/subscriptions/{name}";
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            get(|| async { axum::Json(json!({"status": "ready"})) }),
+        )
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route(
+            "/v1/topics/{topic}",
+            get(describe_topic).delete(delete_topic),
+        )
+        .route("/v1/topics/{topic}/events", post(publish))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/events",
+            get(read_events),
+        )
+        .route("/v1/topics/{topic}/subscriptions", get(list_subscriptions))
+        .route(
+            sub,
+            get(get_subscription)
+                .put(put_subscription)
+                .delete(delete_subscription),
+        )
+        .route(&format!("{sub}/poll"), post(poll))
+        .route(&format!("{sub}/ack"), post(ack))
+        .route(&format!("{sub}/nack"), post(nack))
+        .route(&format!("{sub}/commit"), post(commit))
+        .route("/v1/topics/{topic}/dlq", get(list_dlq))
+        .route("/v1/topics/{topic}/dlq/redrive", post(redrive))
+        .fallback(|| async { ApiError::new("invalid_argument", "no such route").field("path") })
+        // Bodies are limited by `body()` below with our own error; lift axum's default.
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// Runs a blocking broker call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new("internal", format!("worker failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => ApiError::new(
+            "body_too_large",
+            format!("the body exceeds {BODY_BYTES_MAX} bytes"),
+        )
+        .field("body"),
+        other => ApiError::new("malformed_json", other.body_text()),
+    })
+}
+
+fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new("malformed_json", format!("the body is not valid JSON: {e}"))
+            .field("body")
+            .hint(format!("line {}, column {}", e.line(), e.column()))
+    })
+}
+
+fn field_u64(v: &Value, name: &str) -> Result<Option<u64>, ApiError> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_u64().map(Some).ok_or_else(|| {
+            ApiError::new(
+                "malformed_json",
+                format!("`{name}` must be a non-negative integer"),
+            )
+            .field(name)
+        }),
+    }
+}
+
+fn ok(status: StatusCode, value: Value) -> ApiResult {
+    Ok((status, axum::Json(value)).into_response())
+}
+
+fn topic_json(t: &TopicInfo) -> Value {
+    json!({
+        "name": t.name,
+        "partitions": t.partitions,
+        "retention": {"ms": t.retention.ms_max, "bytes": t.retention.bytes_max},
+        "partition_offsets": t.offsets.iter().map(|o| json!({
+            "partition": o.partition, "log_start_offset": o.log_start_offset, "high_watermark": o.high_watermark
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn list_topics(State(s): Shared) -> ApiResult {
+    let topics = s.broker.topics();
+    ok(
+        StatusCode::OK,
+        json!({"topics": topics.iter().map(topic_json).collect::<Vec<_>>()}),
+    )
+}
+
+async fn create_topic(State(s): Shared, raw: Result<Bytes, BytesRejection>) -> ApiResult {
+    let v = json_body(&body(raw)?)?;
+    let name = v
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::new("malformed_json", "`name` is required and must be a string").field("name")
+        })?
+        .to_string();
+    let partitions = field_u64(&v, "partitions")?.unwrap_or(1);
+    let partitions = u32::try_from(partitions).map_err(|_| {
+        ApiError::new("invalid_argument", "`partitions` is too large").field("partitions")
+    })?;
+    let retention = match v.get("retention") {
+        None | Some(Value::Null) => Retention::FOREVER,
+        Some(r @ Value::Object(_)) => Retention {
+            bytes_max: field_u64(r, "bytes")?,
+            ms_max: field_u64(r, "ms")?,
+        },
+        Some(_) => {
+            return Err(
+                ApiError::new("malformed_json", "`retention` must be an object").field("retention"),
+            );
+        }
+    };
+    let broker = s.broker.clone();
+    let info = blocking(move || broker.create_topic(&name, partitions, retention)).await?;
+    ok(StatusCode::CREATED, topic_json(&info))
+}
+
+async fn describe_topic(State(s): Shared, Path(topic): Path<String>) -> ApiResult {
+    ok(
+        StatusCode::OK,
+        topic_json(&s.broker.describe_topic(&topic)?),
+    )
+}
+
+async fn delete_topic(State(s): Shared, Path(topic): Path<String>) -> ApiResult {
+    let broker = s.broker.clone();
+    blocking(move || broker.delete_topic(&topic)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Which CloudEvents HTTP mode a request uses, from its `Content-Type`.
+fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let essence = content_type.map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match essence.as_deref() {
+        Some("application/cloudevents+json") => {
+            let v = json_body(bytes)?;
+            Ok(vec![CloudEvent::from_json(&v).map_err(|e| ApiError::from_event(&e, "", ""))?])
+        }
+        Some("application/cloudevents-batch+json") => {
+            let v = json_body(bytes)?;
+            let Value::Array(items) = v else {
+                return Err(ApiError::new("malformed_json", "a batch is a JSON array of events").field("body"));
+            };
+            if items.is_empty() {
+                return Err(ApiError::new("empty_batch", "a batch holds at least one event").field("body"));
+            }
+            if items.len() > BATCH_EVENTS_MAX {
+                return Err(ApiError::new(
+                    "too_many_events",
+                    format!("a batch holds at most {BATCH_EVENTS_MAX} events; this one has {}", items.len()),
+                )
+                .field("body"));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    CloudEvent::from_json(item)
+                        .map_err(|e| ApiError::from_event(&e, &format!("events[{i}]."), &format!("event {i}: ")))
+                })
+                .collect()
+        }
+        Some(ct) if ct.starts_with("application/cloudevents") => Err(ApiError::new(
+            "unsupported_media_type",
+            format!("{ct} is not a supported CloudEvents format; use application/cloudevents+json or application/cloudevents-batch+json"),
+        )
+        .field("content-type")),
+        _ if headers.contains_key("ce-specversion") || headers.contains_key("ce-id") => {
+            let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+            Ok(vec![CloudEvent::from_http_binary(pairs, content_type, bytes).map_err(|e| ApiError::from_event(&e, "", ""))?])
+        }
+        _ => Err(ApiError::new(
+            "unsupported_media_type",
+            "send application/cloudevents+json, application/cloudevents-batch+json, or binary mode with ce-* headers",
+        )
+        .field("content-type")),
+    }
+}
+
+/// Parses an ingest request into events, exactly as `POST /v1/topics/{topic}/events` does.
+/// Public so that the ingest parser can be fuzzed.
+///
+/// # Errors
+/// The [`ApiError`] the endpoint would reply with.
+pub fn parse_ingest(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, ApiError> {
+    parse_events(headers, bytes)
+}
+
+async fn publish(
+    State(s): Shared,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    if *s.shutdown.borrow() {
+        return Err(ApiError::new(
+            "shutting_down",
+            "the server is shutting down",
+        ));
+    }
+    let events = parse_events(&headers, &body(raw)?)?;
+    let broker = s.broker.clone();
+    let results = blocking(move || broker.publish(&topic, &events)).await?;
+    let results: Vec<Value> = results
+        .iter()
+        .map(|r| json!({"id": r.id, "partition": r.position.partition, "offset": r.position.offset, "duplicate": r.duplicate}))
+        .collect();
+    ok(StatusCode::CREATED, json!({"results": results}))
+}
+
+fn stored_json(e: &StoredEvent) -> Value {
+    json!({"partition": e.partition, "offset": e.offset, "event": e.event.to_json()})
+}
+
+fn query_u64(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse().map_err(|_| {
+                ApiError::new(
+                    "invalid_argument",
+                    format!("`{name}` must be a non-negative integer"),
+                )
+                .field(name)
+            })
+        })
+        .transpose()
+}
+
+async fn read_events(
+    State(s): Shared,
+    Path((topic, partition)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let partition: u32 = partition.parse().map_err(|_| {
+        ApiError::new(
+            "invalid_argument",
+            "the partition must be a non-negative integer",
+        )
+        .field("partition")
+    })?;
+    let max = query_u64(&q, "max")?.map_or(EVENTS_DEFAULT, |m| m as usize);
+    if max == 0 || max > READ_EVENTS_MAX {
+        return Err(ApiError::new(
+            "invalid_argument",
+            format!("`max` must be 1 to {READ_EVENTS_MAX}"),
+        )
+        .field("max"));
+    }
+    let offset = query_u64(&q, "offset")?;
+    let time = q
+        .get("time")
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| {
+                    ApiError::new("invalid_argument", format!("`time` is not RFC 3339: {e}"))
+                        .field("time")
+                })
+        })
+        .transpose()?;
+    let broker = s.broker.clone();
+    let (events, next) = blocking(move || {
+        let from = match (offset, time) {
+            (Some(o), _) => o,
+            (None, Some(ms)) => broker.offset_for_time(&topic, partition, ms)?,
+            (None, None) => broker
+                .describe_topic(&topic)?
+                .offsets
+                .get(partition as usize)
+                .map_or(0, |o| o.log_start_offset),
+        };
+        broker.read(&topic, partition, from, max)
+    })
+    .await?;
+    ok(
+        StatusCode::OK,
+        json!({"events": events.iter().map(stored_json).collect::<Vec<_>>(), "next_offset": next}),
+    )
+}
+
+fn subscription_json(info: &SubscriptionInfo) -> Value {
+    let mut v = info.settings.to_json();
+    v["name"] = json!(info.name);
+    v["lag"] = json!(info.lag);
+    v["in_flight"] = json!(info.in_flight);
+    v["dlq_depth"] = json!(info.dlq_depth);
+    v["positions"] = json!(info.positions);
+    v
+}
+
+async fn put_subscription(
+    State(s): Shared,
+    Path((topic, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let v = json_body(&body(raw)?)?;
+    let settings = Settings::from_json(&v).map_err(|(field, reason)| {
+        ApiError::new(
+            if field == "body" {
+                "malformed_json"
+            } else {
+                "invalid_argument"
+            },
+            format!("`{field}` {reason}"),
+        )
+        .field(field)
+    })?;
+    let broker = s.broker.clone();
+    let (created, info) = blocking(move || {
+        let created = broker.put_subscription(&topic, &name, settings)?;
+        Ok((created, broker.subscription(&topic, &name)?))
+    })
+    .await?;
+    ok(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        subscription_json(&info),
+    )
+}
+
+async fn get_subscription(
+    State(s): Shared,
+    Path((topic, name)): Path<(String, String)>,
+) -> ApiResult {
+    ok(
+        StatusCode::OK,
+        subscription_json(&s.broker.subscription(&topic, &name)?),
+    )
+}
+
+async fn list_subscriptions(State(s): Shared, Path(topic): Path<String>) -> ApiResult {
+    let subs = s.broker.subscriptions(&topic)?;
+    ok(
+        StatusCode::OK,
+        json!({"subscriptions": subs.iter().map(subscription_json).collect::<Vec<_>>()}),
+    )
+}
+
+async fn delete_subscription(
+    State(s): Shared,
+    Path((topic, name)): Path<(String, String)>,
+) -> ApiResult {
+    let broker = s.broker.clone();
+    blocking(move || broker.delete_subscription(&topic, &name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn delivery_json(d: &Delivery) -> Value {
+    json!({"partition": d.stored.partition, "offset": d.stored.offset, "attempt": d.attempt, "event": d.stored.event.to_json()})
+}
+
+async fn poll(
+    State(s): Shared,
+    Path((topic, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let v = json_body(&body(raw)?)?;
+    let max = field_u64(&v, "max_events")?.map_or(EVENTS_DEFAULT, |m| m as usize);
+    if max == 0 || max > READ_EVENTS_MAX {
+        return Err(ApiError::new(
+            "invalid_argument",
+            format!("`max_events` must be 1 to {READ_EVENTS_MAX}"),
+        )
+        .field("max_events"));
+    }
+    let wait_ms = field_u64(&v, "wait_ms")?.unwrap_or(0);
+    if wait_ms > POLL_WAIT_MS_MAX {
+        return Err(ApiError::new(
+            "invalid_argument",
+            format!("`wait_ms` must be at most {POLL_WAIT_MS_MAX}"),
+        )
+        .field("wait_ms"));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let notify = s.broker.watch(&topic)?;
+    let mut shutdown = s.shutdown.clone();
+    loop {
+        // Register for wake-ups before looking, so a publish in between is not missed.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (broker, t, n) = (s.broker.clone(), topic.clone(), name.clone());
+        let (deliveries, next_due) = blocking(move || broker.poll(&t, &n, max)).await?;
+        let now = tokio::time::Instant::now();
+        if !deliveries.is_empty() || now >= deadline || *shutdown.borrow() {
+            return ok(
+                StatusCode::OK,
+                json!({"events": deliveries.iter().map(delivery_json).collect::<Vec<_>>()}),
+            );
+        }
+        let mut wake = deadline;
+        if let Some(due) = next_due {
+            let in_ms = due
+                .saturating_sub(chrono::Utc::now().timestamp_millis())
+                .max(0) as u64;
+            wake = wake.min(now + Duration::from_millis(in_ms));
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(wake) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+fn items(v: &Value, key: &str) -> Result<Vec<(u32, u64)>, ApiError> {
+    let Some(Value::Array(list)) = v.get(key) else {
+        return Err(
+            ApiError::new("malformed_json", format!("`{key}` must be an array")).field(key),
+        );
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let p = item
+                .get("partition")
+                .and_then(Value::as_u64)
+                .and_then(|p| u32::try_from(p).ok());
+            let o = item.get("offset").and_then(Value::as_u64);
+            p.zip(o).ok_or_else(|| {
+                ApiError::new(
+                    "malformed_json",
+                    "each item needs integer `partition` and `offset`",
+                )
+                .field(format!("{key}[{i}]"))
+            })
+        })
+        .collect()
+}
+
+fn pairs_json(items: &[(u32, u64)]) -> Value {
+    json!(
+        items
+            .iter()
+            .map(|(p, o)| json!({"partition": p, "offset": o}))
+            .collect::<Vec<_>>()
+    )
+}
+
+async fn ack(
+    State(s): Shared,
+    Path((topic, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let list = items(&json_body(&body(raw)?)?, "events")?;
+    let broker = s.broker.clone();
+    let (n, missing) = blocking(move || broker.ack(&topic, &name, &list)).await?;
+    ok(
+        StatusCode::OK,
+        json!({"acked": n, "not_in_flight": pairs_json(&missing)}),
+    )
+}
+
+async fn nack(
+    State(s): Shared,
+    Path((topic, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let v = json_body(&body(raw)?)?;
+    let list = items(&v, "events")?;
+    let retry_in_ms = field_u64(&v, "retry_in_ms")?;
+    let reject = match v.get("reject") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(
+                ApiError::new("malformed_json", "`reject` must be a boolean").field("reject"),
+            );
+        }
+    };
+    let error = v.get("error").and_then(Value::as_str).map(str::to_string);
+    let broker = s.broker.clone();
+    let (n, missing) =
+        blocking(move || broker.nack(&topic, &name, &list, retry_in_ms, reject, error.as_deref()))
+            .await?;
+    ok(
+        StatusCode::OK,
+        json!({"nacked": n, "not_in_flight": pairs_json(&missing)}),
+    )
+}
+
+async fn commit(
+    State(s): Shared,
+    Path((topic, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let list = items(&json_body(&body(raw)?)?, "offsets")?;
+    let broker = s.broker.clone();
+    let (t, n) = (topic.clone(), name.clone());
+    let info = blocking(move || {
+        broker.commit(&t, &n, &list)?;
+        broker.subscription(&t, &n)
+    })
+    .await?;
+    ok(StatusCode::OK, json!({"committed": info.positions}))
+}
+
+async fn list_dlq(
+    State(s): Shared,
+    Path(topic): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let max = query_u64(&q, "max")?
+        .map_or(EVENTS_DEFAULT, |m| m as usize)
+        .clamp(1, READ_EVENTS_MAX);
+    let broker = s.broker.clone();
+    let events = blocking(move || broker.dlq(&topic, max)).await?;
+    ok(
+        StatusCode::OK,
+        json!({"events": events.iter().map(stored_json).collect::<Vec<_>>()}),
+    )
+}
+
+async fn redrive(State(s): Shared, Path(topic): Path<String>) -> ApiResult {
+    let broker = s.broker.clone();
+    let n = blocking(move || broker.redrive(&topic)).await?;
+    ok(StatusCode::OK, json!({"redriven": n}))
+}

@@ -1,0 +1,104 @@
+//! `gearbox serve`: the server. Opens (and recovers) the data directory, applies the config
+//! file, serves the HTTP API, and on SIGTERM or Ctrl-C drains in-flight requests, ends long
+//! polls, and syncs every partition before exiting.
+
+use crate::config::Config;
+use anyhow::Context as _;
+use gearbox_api::{AppState, router};
+use gearbox_core::broker::{Broker, BrokerConfig, BrokerError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Options of `gearbox serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Where the log and the server's state live.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub http: SocketAddr,
+    /// A gearbox.yaml declaring topics (created at start if missing).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Runs the server until a signal.
+///
+/// # Errors
+/// A bad config, a data directory that cannot be opened, or a listener that cannot bind.
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.config.as_deref().map(Config::load).transpose()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args, config))
+}
+
+async fn serve(args: &ServeArgs, config: Option<Config>) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let data_dir = args.data_dir.clone();
+    let broker =
+        tokio::task::spawn_blocking(move || Broker::open(&data_dir, BrokerConfig::durable()))
+            .await?
+            .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    let broker = Arc::new(broker);
+    for warning in broker.recovery_warnings() {
+        tracing::warn!(target: "gearbox::recovery", "{warning}");
+    }
+    if let Some(config) = &config {
+        for t in &config.topics {
+            match broker.create_topic(&t.name, t.partitions, t.retention()) {
+                Ok(_) => {
+                    tracing::info!(topic = %t.name, partitions = t.partitions, "created topic from config")
+                }
+                Err(BrokerError::TopicExists(_)) => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating topic {} from the config", t.name));
+                }
+            }
+        }
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = router(AppState::new(broker.clone(), shutdown_rx));
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", args.http))?;
+    tracing::info!(
+        http = %listener.local_addr()?,
+        data_dir = %args.data_dir.display(),
+        recovery_ms = started.elapsed().as_millis() as u64,
+        "gearbox is ready"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: draining requests");
+            let _ = shutdown_tx.send(true);
+        })
+        .await?;
+    let closing = broker.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await?
+        .context("syncing the log at shutdown")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
