@@ -25,6 +25,9 @@ pub const SLOT_1_POS: u64 = 4096;
 pub const CHECKPOINT_FILE_BYTES: u64 = SLOT_1_POS + SLOT_BYTES as u64;
 
 const MAGIC: u32 = 0x4742_4350; // "GBCP"
+/// Generations at or above this are refused: 2^62 checkpoint writes cannot happen, so such a
+/// slot is damage, and refusing it keeps `generation + 1` from overflowing.
+const GENERATION_MAX: u64 = 1 << 62;
 const VERSION: u16 = 1;
 
 /// One decoded checkpoint slot.
@@ -72,8 +75,12 @@ impl Checkpoint {
             durable_offset: u64::from_be_bytes(slot[16..24].try_into().ok()?),
             log_start_offset: u64::from_be_bytes(slot[24..32].try_into().ok()?),
         };
-        // A slot that claims retention passed its own durable point was never written by us.
-        (checkpoint.log_start_offset <= checkpoint.durable_offset).then_some(checkpoint)
+        // A slot that claims retention passed its own durable point, offsets beyond Kafka's
+        // signed 64-bit space, or a generation no log could reach, was never written by us.
+        let sane = checkpoint.log_start_offset <= checkpoint.durable_offset
+            && checkpoint.durable_offset <= i64::MAX as u64
+            && checkpoint.generation < GENERATION_MAX;
+        sane.then_some(checkpoint)
     }
 
     /// The byte position of the slot this generation is written to.

@@ -49,6 +49,19 @@ pub enum AppendError {
     /// The bytes are not one valid RecordBatch v2; nothing was written.
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),
+    /// The batch's offsets are not one per record (`recordsCount` must be `lastOffsetDelta + 1`);
+    /// nothing was written.
+    #[error("invalid record batch offsets: {reason}")]
+    InvalidOffsets {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The partition's offsets would pass `i64::MAX`, Kafka's offset space; nothing was written.
+    #[error("offsets exhausted: the next offset {next_offset} leaves no room for this batch")]
+    OffsetsExhausted {
+        /// The partition's next offset.
+        next_offset: u64,
+    },
     /// The batch exceeds the partition's `batch_bytes_max`; nothing was written.
     #[error("batch of {size} bytes exceeds batch_bytes_max {max}")]
     BatchTooLarge {

@@ -144,12 +144,23 @@ impl Log {
         let topics_dir = root.join("topics");
         let storage = Arc::clone(&options.storage);
         if !storage.exists(&topics_dir) {
+            // Make every level durable: a root created here is useless if its own entry in
+            // its parent can vanish in a power cut, taking acknowledged topics with it.
+            let fresh_root = !storage.exists(root);
             storage
                 .create_dir_all(&topics_dir)
                 .map_err(io_err("create", &topics_dir))?;
             storage
                 .sync_dir(root)
                 .map_err(io_err("sync directory", root))?;
+            if let Some(parent) = root
+                .parent()
+                .filter(|p| fresh_root && !p.as_os_str().is_empty())
+            {
+                storage
+                    .sync_dir(parent)
+                    .map_err(io_err("sync directory", parent))?;
+            }
         }
         let mut topics = BTreeMap::new();
         let mut names = storage
@@ -536,7 +547,9 @@ fn read_meta(storage: &dyn Storage, dir: &Path) -> Result<Option<TopicConfig>, O
     let mut bytes = vec![0u8; META_BYTES];
     file.read_exact_at(&mut bytes, 0)
         .map_err(io_err("read", &path))?;
-    Ok(decode_meta(&bytes).filter(|c| c.partitions >= 1 && c.partition.validate().is_ok()))
+    Ok(decode_meta(&bytes).filter(|c| {
+        (1..=PARTITIONS_PER_TOPIC_MAX).contains(&c.partitions) && c.partition.validate().is_ok()
+    }))
 }
 
 fn write_meta(storage: &dyn Storage, dir: &Path, config: &TopicConfig) -> Result<(), OpenError> {

@@ -38,6 +38,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Bytes read at a time while scanning a segment.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// Largest offset: Kafka offsets are signed 64-bit.
+pub const OFFSET_MAX: u64 = i64::MAX as u64;
+/// Largest distance from a segment's base to one of its offsets (index entries are `u32`).
+const RELATIVE_OFFSET_MAX: u64 = u32::MAX as u64;
 const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// Where an acknowledged batch landed.
@@ -171,7 +175,9 @@ fn parse_segment_name(name: &str) -> Option<(u64, &str)> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((stem.parse().ok()?, ext))
+    // A name beyond Kafka's offset space was never written by the log: not a segment.
+    let base: u64 = stem.parse().ok()?;
+    (base <= OFFSET_MAX).then_some((base, ext))
 }
 
 /// Why a scan stopped early.
@@ -193,14 +199,17 @@ impl From<io::Error> for ScanError {
 /// Reads a segment sequentially through a bounded buffer.
 struct Chunked<'a> {
     file: &'a dyn File,
+    /// Bytes beyond this are never read, so the buffer never needs to be larger.
+    limit: u64,
     buf: Vec<u8>,
     buf_pos: u64,
 }
 
 impl<'a> Chunked<'a> {
-    fn new(file: &'a dyn File) -> Self {
+    fn new(file: &'a dyn File, limit: u64) -> Self {
         Chunked {
             file,
+            limit,
             buf: Vec::new(),
             buf_pos: 0,
         }
@@ -211,7 +220,8 @@ impl<'a> Chunked<'a> {
         let in_buf =
             pos >= self.buf_pos && pos + len as u64 <= self.buf_pos + self.buf.len() as u64;
         if !in_buf {
-            self.buf.resize(len.max(SCAN_CHUNK_BYTES), 0);
+            let left = usize::try_from(self.limit.saturating_sub(pos)).unwrap_or(usize::MAX);
+            self.buf.resize(len.max(SCAN_CHUNK_BYTES.min(left)), 0);
             let mut filled = 0;
             while filled < self.buf.len() {
                 match self
@@ -234,7 +244,12 @@ impl<'a> Chunked<'a> {
 }
 
 /// Checks a batch header against what must be true at its place in the log.
-fn check_header(bytes: &[u8], expected: u64, room: u64) -> Result<BatchHeader, String> {
+fn check_header(
+    bytes: &[u8],
+    expected: u64,
+    room: u64,
+    segment_base: u64,
+) -> Result<BatchHeader, String> {
     let h = BatchHeader::parse(bytes).map_err(|e| e.to_string())?;
     if u64::try_from(h.base_offset).ok() != Some(expected) {
         return Err(format!(
@@ -248,6 +263,7 @@ fn check_header(bytes: &[u8], expected: u64, room: u64) -> Result<BatchHeader, S
             h.partition_leader_epoch
         ));
     }
+    check_offsets(&h, segment_base)?;
     let total = h.total_len() as u64;
     if total > u64::from(BATCH_BYTES_LIMIT) || total > room {
         return Err(format!(
@@ -257,21 +273,46 @@ fn check_header(bytes: &[u8], expected: u64, room: u64) -> Result<BatchHeader, S
     Ok(h)
 }
 
+/// The offset rules every stored batch keeps: one offset per record, contiguous, inside the
+/// offset space, and addressable by the segment's `u32` relative index entries.
+fn check_offsets(h: &BatchHeader, segment_base: u64) -> Result<(), String> {
+    if i64::from(h.records_count) != i64::from(h.last_offset_delta) + 1 {
+        return Err(format!(
+            "{} records but a last offset delta of {}; offsets must be contiguous",
+            h.records_count, h.last_offset_delta
+        ));
+    }
+    let last = (h.base_offset as u64).saturating_add(h.last_offset_delta as u64);
+    if last > OFFSET_MAX {
+        return Err(format!(
+            "last offset {last} is beyond the offset space ({OFFSET_MAX})"
+        ));
+    }
+    if last - segment_base.min(last) > RELATIVE_OFFSET_MAX {
+        return Err(format!(
+            "last offset {last} is too far from the segment base {segment_base}"
+        ));
+    }
+    Ok(())
+}
+
 /// Walks batches of one segment from a known position, checking the offset chain.
 struct Cursor<'a> {
     reader: Chunked<'a>,
     pos: u64,
     limit: u64,
     expected: u64,
+    segment_base: u64,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(file: &'a dyn File, start: Position, limit: u64) -> Self {
+    fn new(file: &'a dyn File, segment_base: u64, start: Position, limit: u64) -> Self {
         Cursor {
-            reader: Chunked::new(file),
+            reader: Chunked::new(file, limit),
             pos: u64::from(start.position),
             limit,
             expected: start.offset,
+            segment_base,
         }
     }
 
@@ -297,7 +338,7 @@ impl<'a> Cursor<'a> {
         let Some(bytes) = self.reader.get(self.pos, batch::BATCH_HEADER_BYTES)? else {
             return Err(self.bad("segment ends inside a batch header".into()));
         };
-        check_header(bytes, self.expected, room)
+        check_header(bytes, self.expected, room, self.segment_base)
             .map(Some)
             .map_err(|r| self.bad(r))
     }
@@ -345,6 +386,7 @@ fn scan_segment(file: &dyn File, base: u64, len: u64, interval: u32) -> io::Resu
     let mut index = IndexBuilder::new(base, interval);
     let mut cursor = Cursor::new(
         file,
+        base,
         Position {
             offset: base,
             position: 0,
@@ -590,17 +632,31 @@ impl Partition {
             });
         }
         let header = batch::verify(batch_bytes)?;
+        if i64::from(header.records_count) != i64::from(header.last_offset_delta) + 1 {
+            return Err(AppendError::InvalidOffsets {
+                reason: format!(
+                    "{} records but a last offset delta of {}; offsets must be contiguous",
+                    header.records_count, header.last_offset_delta
+                ),
+            });
+        }
+        let delta = header.last_offset_delta as u64;
         let mut bytes = batch_bytes.to_vec();
         let len = bytes.len() as u64;
 
         let mut st = self.lock();
         loop {
             self.check_available(&st)?;
-            if !self.needs_roll(&st, len) {
+            if st.next_offset.saturating_add(delta) > OFFSET_MAX {
+                return Err(AppendError::OffsetsExhausted {
+                    next_offset: st.next_offset,
+                });
+            }
+            if !self.needs_roll(&st, len, delta) {
                 break;
             }
             st = self.acquire_io(st);
-            if self.needs_roll(&st, len) && st.unavailable.is_none() {
+            if self.needs_roll(&st, len, delta) && st.unavailable.is_none() {
                 self.roll(&mut st);
             }
             self.release_io(&mut st);
@@ -651,10 +707,11 @@ impl Partition {
         self.unavailable_err(st.unavailable.clone().expect("just set"))
     }
 
-    fn needs_roll(&self, st: &State, len: u64) -> bool {
+    fn needs_roll(&self, st: &State, len: u64, delta: u64) -> bool {
         let active = &st.active;
         active.bytes > 0
             && (active.bytes + len > self.config.segment_bytes_max
+                || st.next_offset + delta - active.base > RELATIVE_OFFSET_MAX
                 || self.clock.now_ms().saturating_sub(active.created_ms)
                     >= self.config.segment_age_ms_max as i64)
     }
@@ -1024,14 +1081,25 @@ impl Partition {
                 high_watermark: plan.hw,
             });
         }
-        Ok(Plan {
-            segments: plan
-                .segments
-                .into_iter()
-                .filter(|s| s.next > offset)
-                .collect(),
-            ..plan
-        })
+        let segments: Vec<SegRef> = plan
+            .segments
+            .into_iter()
+            .filter(|s| s.next > offset)
+            .collect();
+        if let Some(first) = segments.first().filter(|s| s.base > offset) {
+            // Offsets between the log start and the first segment are missing (recovery found
+            // segments gone): a gap, never to be read as if the next batch held them.
+            return Err(ReadError::Corrupted {
+                dir: self.dir.clone(),
+                source: Corruption {
+                    segment_base: first.base,
+                    position: 0,
+                    offset,
+                    reason: format!("offsets {offset} to {} are missing", first.base - 1),
+                },
+            });
+        }
+        Ok(Plan { segments, ..plan })
     }
 
     /// A snapshot of what is readable, taken under the lock; reading happens without it.
@@ -1145,7 +1213,7 @@ impl Partition {
         start: Position,
         visit: &mut dyn FnMut(&BatchHeader, &mut Cursor<'_>) -> Result<Walk, ScanError>,
     ) -> Result<Walk, ScanError> {
-        let mut cursor = Cursor::new(file, start, seg.limit);
+        let mut cursor = Cursor::new(file, seg.base, start, seg.limit);
         while let Some(h) = cursor.next_header()? {
             if visit(&h, &mut cursor)? == Walk::Stop {
                 return Ok(Walk::Stop);
