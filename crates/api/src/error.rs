@@ -34,6 +34,8 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("disk_full", 507),
     ("partition_failed", 503),
     ("partition_corrupted", 500),
+    ("method_not_allowed", 405),
+    ("route_not_found", 404),
     ("shutting_down", 503),
     ("internal", 500),
 ];

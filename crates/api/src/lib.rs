@@ -13,7 +13,8 @@ use crate::error::ApiError;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -91,10 +92,41 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&format!("{sub}/commit"), post(commit))
         .route("/v1/topics/{topic}/dlq", get(list_dlq))
         .route("/v1/topics/{topic}/dlq/redrive", post(redrive))
-        .fallback(|| async { ApiError::new("invalid_argument", "no such route").field("path") })
+        .fallback(|| async { ApiError::new("route_not_found", "no such route").field("path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new("method_not_allowed", "this route does not take that method")
+        })
         // Bodies are limited by `body()` below with our own error; lift axum's default.
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
+}
+
+/// `axum::extract::Path`, with rejections (say, a name that is not UTF-8) in the API's shape.
+#[derive(Debug)]
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|e| ApiError::new("invalid_argument", e.body_text()).field("path"))
+    }
+}
+
+/// `axum::extract::Query`, with rejections in the API's shape.
+#[derive(Debug)]
+struct Query<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e| ApiError::new("invalid_argument", e.body_text()).field("query"))
+    }
 }
 
 /// Runs a blocking broker call off the async threads.
@@ -116,6 +148,42 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         .field("body"),
         other => ApiError::new("malformed_json", other.body_text()),
     })
+}
+
+/// Refuses a body whose `Content-Type` says it is not JSON. Absent is fine, and so is
+/// `application/x-www-form-urlencoded`, which `curl -d` sends unless told otherwise.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || essence.ends_with("+json")
+        || essence == "application/x-www-form-urlencoded"
+    {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        "unsupported_media_type",
+        format!("this endpoint takes application/json, not {essence}"),
+    )
+    .field("content-type"))
+}
+
+/// A JSON request body: content type checked, size checked, parsed.
+fn json_request(
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    require_json(headers)?;
+    json_body(&body(raw)?)
 }
 
 fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
@@ -165,8 +233,12 @@ async fn list_topics(State(s): Shared) -> ApiResult {
     )
 }
 
-async fn create_topic(State(s): Shared, raw: Result<Bytes, BytesRejection>) -> ApiResult {
-    let v = json_body(&body(raw)?)?;
+async fn create_topic(
+    State(s): Shared,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let v = json_request(&headers, raw)?;
     let name = v
         .get("name")
         .and_then(Value::as_str)
@@ -223,6 +295,9 @@ fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, Ap
     match essence.as_deref() {
         Some("application/cloudevents+json") => {
             let v = json_body(bytes)?;
+            if !v.is_object() {
+                return Err(ApiError::new("malformed_json", "a structured event is a JSON object").field("body"));
+            }
             Ok(vec![CloudEvent::from_json(&v).map_err(|e| ApiError::from_event(&e, "", ""))?])
         }
         Some("application/cloudevents-batch+json") => {
@@ -244,6 +319,10 @@ fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, Ap
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
+                    if !item.is_object() {
+                        return Err(ApiError::new("malformed_json", format!("event {i} is not a JSON object"))
+                            .field(format!("events[{i}]")));
+                    }
                     CloudEvent::from_json(item)
                         .map_err(|e| ApiError::from_event(&e, &format!("events[{i}]."), &format!("event {i}: ")))
                 })
@@ -254,7 +333,7 @@ fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, Ap
             format!("{ct} is not a supported CloudEvents format; use application/cloudevents+json or application/cloudevents-batch+json"),
         )
         .field("content-type")),
-        _ if headers.contains_key("ce-specversion") || headers.contains_key("ce-id") => {
+        _ if headers.keys().any(|k| k.as_str().starts_with("ce-")) => {
             let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
             Ok(vec![CloudEvent::from_http_binary(pairs, content_type, bytes).map_err(|e| ApiError::from_event(&e, "", ""))?])
         }
@@ -380,9 +459,10 @@ fn subscription_json(info: &SubscriptionInfo) -> Value {
 async fn put_subscription(
     State(s): Shared,
     Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let v = json_body(&body(raw)?)?;
+    let v = json_request(&headers, raw)?;
     let settings = Settings::from_json(&v).map_err(|(field, reason)| {
         ApiError::new(
             if field == "body" {
@@ -444,9 +524,10 @@ fn delivery_json(d: &Delivery) -> Value {
 async fn poll(
     State(s): Shared,
     Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let v = json_body(&body(raw)?)?;
+    let v = json_request(&headers, raw)?;
     let max = field_u64(&v, "max_events")?.map_or(EVENTS_DEFAULT, |m| m as usize);
     if max == 0 || max > READ_EVENTS_MAX {
         return Err(ApiError::new(
@@ -532,9 +613,10 @@ fn pairs_json(items: &[(u32, u64)]) -> Value {
 async fn ack(
     State(s): Shared,
     Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let list = items(&json_body(&body(raw)?)?, "events")?;
+    let list = items(&json_request(&headers, raw)?, "events")?;
     let broker = s.broker.clone();
     let (n, missing) = blocking(move || broker.ack(&topic, &name, &list)).await?;
     ok(
@@ -546,9 +628,10 @@ async fn ack(
 async fn nack(
     State(s): Shared,
     Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let v = json_body(&body(raw)?)?;
+    let v = json_request(&headers, raw)?;
     let list = items(&v, "events")?;
     let retry_in_ms = field_u64(&v, "retry_in_ms")?;
     let reject = match v.get("reject") {
@@ -574,9 +657,10 @@ async fn nack(
 async fn commit(
     State(s): Shared,
     Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let list = items(&json_body(&body(raw)?)?, "offsets")?;
+    let list = items(&json_request(&headers, raw)?, "offsets")?;
     let broker = s.broker.clone();
     let (t, n) = (topic.clone(), name.clone());
     let info = blocking(move || {

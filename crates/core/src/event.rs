@@ -47,6 +47,8 @@ pub enum EventError {
     /// `specversion` is not `1.0`.
     #[error("specversion {found:?} is not supported; only \"1.0\" is")]
     UnsupportedSpecVersion {
+        /// Where it was: `specversion`, or the `ce-specversion` header.
+        field: String,
         /// What the event said.
         found: String,
     },
@@ -57,8 +59,9 @@ impl EventError {
     #[must_use]
     pub fn field(&self) -> &str {
         match self {
-            EventError::Missing { field } | EventError::Invalid { field, .. } => field,
-            EventError::UnsupportedSpecVersion { .. } => "specversion",
+            EventError::Missing { field }
+            | EventError::Invalid { field, .. }
+            | EventError::UnsupportedSpecVersion { field, .. } => field,
         }
     }
 
@@ -110,8 +113,29 @@ fn is_json_type(content_type: Option<&str>) -> bool {
     })
 }
 
+/// Whether data of this content type is text, and so rendered as a JSON string when it is
+/// valid UTF-8 (the CloudEvents JSON format keeps non-binary, non-JSON data in `data`).
 fn is_text_type(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("text/"))
+    content_type.is_some_and(|ct| {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        essence.starts_with("text/")
+            || essence.ends_with("+xml")
+            || essence.ends_with("+yaml")
+            || matches!(
+                essence.as_str(),
+                "application/xml"
+                    | "application/yaml"
+                    | "application/x-yaml"
+                    | "application/javascript"
+                    | "application/x-www-form-urlencoded"
+                    | "application/csv"
+            )
+    })
 }
 
 /// Checks an extension attribute name: lower-case ASCII letters and digits only.
@@ -145,6 +169,7 @@ impl CloudEvent {
     pub fn validate(&self) -> Result<(), EventError> {
         if self.specversion != SPEC_VERSION {
             return Err(EventError::UnsupportedSpecVersion {
+                field: "specversion".into(),
                 found: self.specversion.clone(),
             });
         }
@@ -237,7 +262,10 @@ impl CloudEvent {
             |name: &str| string(name)?.ok_or_else(|| EventError::Missing { field: name.into() });
         let specversion = required("specversion")?;
         if specversion != SPEC_VERSION {
-            return Err(EventError::UnsupportedSpecVersion { found: specversion });
+            return Err(EventError::UnsupportedSpecVersion {
+                field: "specversion".into(),
+                found: specversion,
+            });
         }
         let datacontenttype = string("datacontenttype")?;
         let data = match (map.get("data"), map.get("data_base64")) {
@@ -332,7 +360,10 @@ impl CloudEvent {
             field: header_field("specversion"),
         })?;
         if specversion != SPEC_VERSION {
-            return Err(EventError::UnsupportedSpecVersion { found: specversion });
+            return Err(EventError::UnsupportedSpecVersion {
+                field: header_field("specversion"),
+                found: specversion,
+            });
         }
         let mut required = |name: &str| {
             take(name).ok_or_else(|| EventError::Missing {
@@ -353,7 +384,8 @@ impl CloudEvent {
             subject,
             time,
             extensions: attrs,
-            data: (!body.is_empty() || content_type.is_some()).then(|| body.to_vec()),
+            // An empty body is no data, even with a Content-Type (SDKs send one regardless).
+            data: (!body.is_empty()).then(|| body.to_vec()),
         };
         event.validate().map_err(|e| match e {
             EventError::Invalid { field, reason } if field != "event" => EventError::Invalid {
@@ -590,6 +622,12 @@ mod tests {
         let e = CloudEvent::from_json(&text).unwrap();
         assert_eq!(e.data.as_deref(), Some(&b"hello"[..]));
         assert_eq!(through_record(&e).to_json(), text);
+        let xml = json!({"specversion":"1.0","id":"1","source":"s","type":"t",
+            "datacontenttype":"application/xml","data":"<a>x</a>"});
+        assert_eq!(
+            through_record(&CloudEvent::from_json(&xml).unwrap()).to_json(),
+            xml
+        );
     }
 
     #[test]

@@ -518,7 +518,8 @@ impl Subscription {
                         continue;
                     }
                     slot.state = SlotState::Available { not_before: until };
-                    slot.last_error.get_or_insert_with(|| "lock expired".into());
+                    // The expiry is now the most recent failure of this event.
+                    slot.last_error = Some("lock expired".into());
                 }
                 let SlotState::Available { not_before } = slot.state else {
                     continue;
@@ -789,7 +790,11 @@ impl Subscription {
                 .queue
                 .iter()
                 .zip(bounds)
-                .map(|(q, (_, hw))| hw.saturating_sub(q.floor))
+                // Slots finished out of order (above the floor) are not lag.
+                .map(|(q, (_, hw))| {
+                    let finished = q.window.values().filter(|s| s.finished()).count() as u64;
+                    hw.saturating_sub(q.floor).saturating_sub(finished)
+                })
                 .sum(),
             Mode::Cursor => self
                 .cursor

@@ -1,1 +1,83 @@
-fn main() {}
+//! `gearbox`: one binary that integrates sensors, SaaS tools, services and databases through a
+//! durable event log.
+//!
+//! The command line is one tree of verbs, `gearbox <command> [<subcommand>] [options]`, parsed
+//! by clap from the types below. Each top-level verb is a variant of [`Command`] and lives in
+//! its own module.
+
+mod bench;
+mod client;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Command-line entry point.
+#[derive(Debug, Parser)]
+#[command(name = "gearbox", version, propagate_version = true)]
+#[command(about = "Gearbox: an event-integration hub built on an embedded durable log")]
+struct Cli {
+    #[command(flatten)]
+    server: client::ServerArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The top-level verbs.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: the HTTP API over the embedded log (ready when GET /healthz answers 200).
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topics(client::TopicsCommand),
+    /// Publish JSON lines or CloudEvents from stdin or a file.
+    Produce(client::ProduceArgs),
+    /// Consume through a subscription, acking (queue) or committing (cursor) as it prints.
+    Consume(client::ConsumeArgs),
+    /// Read a topic from an offset or a time, without a subscription.
+    Replay(client::ReplayArgs),
+    /// Inspect and redrive dead-lettered events.
+    #[command(subcommand)]
+    Dlq(client::DlqCommand),
+    /// Measure Gearbox against this machine (each benchmark measures its own baseline).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line (plus the server's hint); no backtrace for an operating error.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            serve::run(args)
+        }
+        Command::Topics(command) => client::topics(&cli.server.server, command),
+        Command::Produce(args) => client::produce(&cli.server.server, args),
+        Command::Consume(args) => client::consume(&cli.server.server, args),
+        Command::Replay(args) => client::replay(&cli.server.server, args),
+        Command::Dlq(command) => client::dlq(&cli.server.server, command),
+        Command::Bench(command) => bench::run(command),
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
