@@ -651,7 +651,7 @@ impl Broker {
         // A key repeated inside the request is a duplicate of its first occurrence.
         let mut first: HashMap<&str, usize> = HashMap::new();
         let unique: Vec<usize> = (0..events.len())
-            .filter(|&i| first.insert(keys[i].as_str(), i).is_none())
+            .filter(|&i| *first.entry(keys[i].as_str()).or_insert(i) == i)
             .collect();
         let unique_keys: Vec<&str> = unique.iter().map(|&i| keys[i].as_str()).collect();
         let reservations = entry.dedup.reserve(&unique_keys, now);
