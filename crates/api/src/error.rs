@@ -36,6 +36,7 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("partition_corrupted", 500),
     ("method_not_allowed", 405),
     ("route_not_found", 404),
+    ("overloaded", 429),
     ("shutting_down", 503),
     ("internal", 500),
 ];

@@ -34,6 +34,9 @@ use tokio::sync::watch;
 pub const BODY_BYTES_MAX: usize = 16 << 20;
 /// Most events in one batched request.
 pub const BATCH_EVENTS_MAX: usize = 10_000;
+/// Default most publish requests handled at once; more are answered `429 overloaded` at once,
+/// before their bodies are read, so memory stays bounded (this times `BODY_BYTES_MAX`).
+pub const PUBLISH_IN_FLIGHT_MAX_DEFAULT: usize = 32;
 /// Longest a poll waits.
 pub const POLL_WAIT_MS_MAX: u64 = 30_000;
 /// Default number of events a read or poll returns.
@@ -44,13 +47,23 @@ const EVENTS_DEFAULT: usize = 100;
 pub struct AppState {
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    publish_in_flight_max: usize,
 }
 
 impl AppState {
-    /// State over `broker`; long polls end early once `shutdown` turns true.
+    /// State over `broker`; long polls end early once `shutdown` turns true; at most
+    /// `publish_in_flight_max` publish requests are handled at once.
     #[must_use]
-    pub fn new(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> Arc<AppState> {
-        Arc::new(AppState { broker, shutdown })
+    pub fn new(
+        broker: Arc<Broker>,
+        shutdown: watch::Receiver<bool>,
+        publish_in_flight_max: usize,
+    ) -> Arc<AppState> {
+        Arc::new(AppState {
+            broker,
+            shutdown,
+            publish_in_flight_max: publish_in_flight_max.max(1),
+        })
     }
 }
 
@@ -74,7 +87,20 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/topics/{topic}",
             get(describe_topic).delete(delete_topic),
         )
-        .route("/v1/topics/{topic}/events", post(publish))
+        .route(
+            "/v1/topics/{topic}/events",
+            post(publish).route_layer(
+                tower::ServiceBuilder::new()
+                    .layer(axum::error_handling::HandleErrorLayer::new(
+                        |_: tower::BoxError| async {
+                            ApiError::new("overloaded", "too many publish requests in flight")
+                                .hint("retry after a short backoff")
+                        },
+                    ))
+                    .load_shed()
+                    .concurrency_limit(state.publish_in_flight_max),
+            ),
+        )
         .route(
             "/v1/topics/{topic}/partitions/{partition}/events",
             get(read_events),

@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// A gearbox.yaml declaring topics (created at start if missing).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Most publish requests handled at once; more are answered 429 overloaded.
+    #[arg(long, default_value_t = gearbox_api::PUBLISH_IN_FLIGHT_MAX_DEFAULT)]
+    pub publish_in_flight_max: usize,
 }
 
 /// Runs the server until a signal.
@@ -63,7 +66,11 @@ async fn serve(args: &ServeArgs, config: Option<Config>) -> anyhow::Result<()> {
         }
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = router(AppState::new(broker.clone(), shutdown_rx));
+    let app = router(AppState::new(
+        broker.clone(),
+        shutdown_rx,
+        args.publish_in_flight_max,
+    ));
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http))?;

@@ -24,6 +24,7 @@ pub struct Server {
     port: u16,
     child: Option<Child>,
     log: PathBuf,
+    extra_args: Vec<String>,
 }
 
 /// A free loopback port (bound and released; good enough for tests).
@@ -43,6 +44,11 @@ impl Server {
 
     /// Starts a server on a given port (reuse the port across restarts).
     pub fn start_on(data_dir: &Path, port: u16) -> Server {
+        Server::start_with(data_dir, port, &[])
+    }
+
+    /// Starts a server with extra `gearbox serve` options.
+    pub fn start_with(data_dir: &Path, port: u16, extra_args: &[&str]) -> Server {
         let log = data_dir.with_extension(format!("{port}.log"));
         let mut s = Server {
             url: format!("http://127.0.0.1:{port}"),
@@ -50,9 +56,15 @@ impl Server {
             port,
             child: None,
             log,
+            extra_args: extra_args.iter().map(|a| (*a).to_string()).collect(),
         };
         s.spawn();
         s
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     fn spawn(&mut self) {
@@ -65,6 +77,7 @@ impl Server {
             .args(["serve", "--data-dir"])
             .arg(&self.data_dir)
             .args(["--http", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
