@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use gearbox_core::broker::{
     Broker, BrokerError, Delivery, READ_EVENTS_MAX, StoredEvent, SubscriptionInfo, TopicInfo,
 };
-use gearbox_core::event::CloudEvent;
+use gearbox_core::event::{CloudEvent, media_essence};
 use gearbox_core::subscription::Settings;
 use gearbox_log::Retention;
 use serde_json::{Value, json};
@@ -182,14 +182,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
-    let essence = ct
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media_essence(ct.to_str().unwrap_or(""));
     if essence == "application/json"
         || essence.ends_with("+json")
         || essence == "application/x-www-form-urlencoded"
@@ -311,13 +304,7 @@ fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, Ap
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let essence = content_type.map(|c| {
-        c.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    });
+    let essence = content_type.map(media_essence);
     match essence.as_deref() {
         Some("application/cloudevents+json") => {
             let v = json_body(bytes)?;

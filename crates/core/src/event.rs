@@ -101,14 +101,21 @@ pub struct CloudEvent {
 const REQUIRED: [&str; 4] = ["specversion", "id", "source", "type"];
 const OPTIONAL: [&str; 4] = ["datacontenttype", "dataschema", "subject", "time"];
 
+/// The media type without parameters, lower-cased: `Application/JSON; charset=utf-8` →
+/// `application/json`.
+#[must_use]
+pub fn media_essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 fn is_json_type(content_type: Option<&str>) -> bool {
     content_type.is_none_or(|ct| {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let essence = media_essence(ct);
         essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
     })
 }
@@ -117,12 +124,7 @@ fn is_json_type(content_type: Option<&str>) -> bool {
 /// valid UTF-8 (the CloudEvents JSON format keeps non-binary, non-JSON data in `data`).
 fn is_text_type(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let essence = media_essence(ct);
         essence.starts_with("text/")
             || essence.ends_with("+xml")
             || essence.ends_with("+yaml")

@@ -20,8 +20,14 @@
 //!
 //! Set `GEARBOX_KILL9_SEED` to replay a run's schedule (the seed is printed).
 
+// The writer's value generator and hash, shared with it, so every record read back can be
+// checked byte for byte.
+#[path = "../src/bin/gearbox-log-writer/payload.rs"]
+mod payload;
+
 use gearbox_log::io::{OsStorage, SystemClock};
 use gearbox_log::{Log, LogOptions, RETENTION_CHECK_INTERVAL_MS_DEFAULT};
+use payload::{batch_values, next, parse_value, values_hash};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -48,7 +54,6 @@ const RUN_MS_MAX: u64 = 120;
 const EARLY_KILL_MS_MAX: u64 = 30;
 /// The whole test fails if it takes longer than this.
 const BUDGET: Duration = Duration::from_secs(120);
-const MAGIC: &[u8; 4] = b"GBK9";
 
 /// An acknowledged batch, as the child printed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -560,65 +565,4 @@ fn read_partition(part: &gearbox_log::Partition, ctx: &str, p: usize) -> BTreeMa
         );
     }
     found
-}
-
-/// `(writer, thread, sequence, record index)` of a well-formed value.
-fn parse_value(v: &[u8]) -> Option<(u64, u32, u64, u32)> {
-    if v.len() < 36 || &v[..4] != MAGIC {
-        return None;
-    }
-    let u32_at = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().unwrap());
-    let u64_at = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().unwrap());
-    Some((u64_at(4), u32_at(12), u64_at(16), u32_at(24)))
-}
-
-// The writer's value generator and hash, repeated here (a binary target cannot be imported) so
-// that every record read back can be checked byte for byte.
-
-/// The record values of batch `seq` of `thread` of `writer` (as in gearbox-log-writer).
-fn batch_values(writer: u64, thread: u32, seq: u64) -> Vec<Vec<u8>> {
-    let mut rng = mix(writer ^ mix(u64::from(thread) ^ mix(seq)));
-    let count = 1 + (next(&mut rng) % 8) as u32;
-    (0..count)
-        .map(|idx| {
-            let payload_len = 16 + (next(&mut rng) % 185) as u32;
-            let mut v = Vec::with_capacity(32 + payload_len as usize);
-            v.extend_from_slice(MAGIC);
-            v.extend_from_slice(&writer.to_le_bytes());
-            v.extend_from_slice(&thread.to_le_bytes());
-            v.extend_from_slice(&seq.to_le_bytes());
-            v.extend_from_slice(&idx.to_le_bytes());
-            v.extend_from_slice(&count.to_le_bytes());
-            v.extend_from_slice(&payload_len.to_le_bytes());
-            let mut p = mix(writer ^ mix(u64::from(thread) ^ mix(seq ^ mix(u64::from(idx)))));
-            v.extend((0..payload_len).map(|_| next(&mut p) as u8));
-            v
-        })
-        .collect()
-}
-
-/// SplitMix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// SplitMix64's step (also the test's schedule PRNG).
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    mix(*state)
-}
-
-/// FNV-1a (64-bit) over each value's length (u32, little-endian) and bytes, in order.
-fn values_hash(values: &[Vec<u8>]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in values {
-        let len = u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes();
-        for &b in len.iter().chain(v.iter()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }

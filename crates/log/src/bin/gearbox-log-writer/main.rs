@@ -26,12 +26,15 @@
 //! printed to stderr as `err ...` and the process exits with a nonzero status (1 at startup, 2
 //! on a failed append).
 
+mod payload;
+
 use gearbox_log::batch::{BatchBuilder, RecordInput};
 use gearbox_log::io::{OsStorage, SystemClock};
 use gearbox_log::{
     Log, LogOptions, Partition, PartitionConfig, RETENTION_CHECK_INTERVAL_MS_DEFAULT, Retention,
     SyncMode, TopicConfig,
 };
+use payload::{batch_values, values_hash};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,7 +43,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const TOPIC: &str = "torture";
 const PARTITIONS: u32 = 2;
 const SEGMENT_BYTES_MAX: u64 = 64 << 10;
-const MAGIC: &[u8; 4] = b"GBK9";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -160,55 +162,6 @@ fn append_forever(part: &Partition, writer: u64, thread: u32) {
             ),
         }
     }
-}
-
-/// The record values of batch `seq` of `thread` of `writer`.
-fn batch_values(writer: u64, thread: u32, seq: u64) -> Vec<Vec<u8>> {
-    let mut rng = mix(writer ^ mix(u64::from(thread) ^ mix(seq)));
-    let count = 1 + (next(&mut rng) % 8) as u32;
-    (0..count)
-        .map(|idx| {
-            let payload_len = 16 + (next(&mut rng) % 185) as u32;
-            let mut v = Vec::with_capacity(32 + payload_len as usize);
-            v.extend_from_slice(MAGIC);
-            v.extend_from_slice(&writer.to_le_bytes());
-            v.extend_from_slice(&thread.to_le_bytes());
-            v.extend_from_slice(&seq.to_le_bytes());
-            v.extend_from_slice(&idx.to_le_bytes());
-            v.extend_from_slice(&count.to_le_bytes());
-            v.extend_from_slice(&payload_len.to_le_bytes());
-            let mut p = mix(writer ^ mix(u64::from(thread) ^ mix(seq ^ mix(u64::from(idx)))));
-            v.extend((0..payload_len).map(|_| next(&mut p) as u8));
-            v
-        })
-        .collect()
-}
-
-/// SplitMix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// SplitMix64's step.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    mix(*state)
-}
-
-/// FNV-1a (64-bit) over each value's length (u32, little-endian) and bytes, in order. The
-/// kill-9 test computes the same hash over what it reads back.
-fn values_hash(values: &[Vec<u8>]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in values {
-        let len = u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes();
-        for &b in len.iter().chain(v.iter()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// Writes `line` to stdout in one write and flushes it; exits quietly if stdout is gone.
