@@ -672,7 +672,7 @@ impl Broker {
                 }
             }
         }
-        let outcomes = self.append_groups(&entry, &by_partition, &records);
+        let outcomes = self.append_groups(&entry, &by_partition, records);
         let mut stored = Vec::new();
         let mut released = Vec::new();
         let mut failure = None;
@@ -722,25 +722,38 @@ impl Broker {
         &self,
         entry: &TopicEntry,
         groups: &BTreeMap<u32, Vec<usize>>,
-        records: &[RecordInput],
+        mut records: Vec<RecordInput>,
     ) -> Vec<Result<u64, BrokerError>> {
-        let append = |p: u32, indexes: &[usize]| -> Result<u64, BrokerError> {
+        // Move each record into its partition's batch once (no copies of the payloads).
+        let batches: Vec<(u32, Vec<RecordInput>)> = groups
+            .iter()
+            .map(|(&p, indexes)| {
+                (
+                    p,
+                    indexes
+                        .iter()
+                        .map(|&i| std::mem::take(&mut records[i]))
+                        .collect(),
+                )
+            })
+            .collect();
+        let append = |p: u32, records: Vec<RecordInput>| -> Result<u64, BrokerError> {
             let mut b = BatchBuilder::new();
-            for &i in indexes {
-                b.push(records[i].clone());
+            for r in records {
+                b.push(r);
             }
             let bytes = b
                 .build()
                 .map_err(|e| BrokerError::Internal(e.to_string()))?;
             Ok(self.partition(entry, p)?.append(&bytes)?.base_offset)
         };
-        if groups.len() <= 1 {
-            return groups.iter().map(|(&p, idx)| append(p, idx)).collect();
+        if batches.len() <= 1 {
+            return batches.into_iter().map(|(p, r)| append(p, r)).collect();
         }
         std::thread::scope(|s| {
-            let handles: Vec<_> = groups
-                .iter()
-                .map(|(&p, idx)| s.spawn(move || append(p, idx)))
+            let handles: Vec<_> = batches
+                .into_iter()
+                .map(|(p, r)| s.spawn(move || append(p, r)))
                 .collect();
             handles
                 .into_iter()

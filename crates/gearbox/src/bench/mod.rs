@@ -10,6 +10,7 @@
 
 pub mod disk;
 pub mod hist;
+mod http;
 mod log;
 pub mod traced;
 
@@ -34,6 +35,12 @@ pub enum BenchCommand {
     /// per appender count with large batches, the same with small batches, and the disk baseline
     /// again. Takes about (4 + 2 × appender counts) × --seconds + 2 seconds.
     Log(log::LogArgs),
+    /// The server over HTTP with sync=always: batched CloudEvents ingest throughput, and
+    /// produce-to-consume latency through long polls at a fixed rate.
+    ///
+    /// Starts its own `gearbox serve` (this binary) on a free loopback port over a scratch
+    /// directory that is deleted afterwards.
+    Http(http::HttpArgs),
 }
 
 /// Runs one benchmark.
@@ -43,6 +50,7 @@ pub enum BenchCommand {
 pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log(args) => log::run(args),
+        BenchCommand::Http(args) => http::run(args),
     }
 }
 
