@@ -303,7 +303,12 @@ pub struct Broker {
     config: BrokerConfig,
     topics: RwLock<HashMap<String, Arc<TopicEntry>>>,
     subs: RwLock<BTreeMap<SubKey, Arc<Mutex<Subscription>>>>,
+    /// Serializes topic administration. Lock order: `admin` before any subscription mutex;
+    /// never taken while a subscription mutex is held.
     admin: Mutex<()>,
+    /// Serializes creating dead-letter topics; taken while a subscription mutex is held, so
+    /// it must never wait for `admin` or a subscription.
+    dlq_create: Mutex<()>,
     rng: Mutex<u64>,
 }
 
@@ -353,6 +358,7 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             subs: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
+            dlq_create: Mutex::new(()),
             rng: Mutex::new(seed),
         };
         for topic in broker.log.topics() {
@@ -530,6 +536,18 @@ impl Broker {
         retention: Retention,
     ) -> Result<(), BrokerError> {
         let _admin = lock(&self.admin);
+        self.create_topic_in_log(name, partitions, retention)
+    }
+
+    /// Creates a topic in the log and registers it. Callers serialize: user topics under
+    /// `admin`, dead-letter topics under `dlq_create` (which may be taken while a subscription
+    /// is locked, unlike `admin`: see the lock order on [`Broker`]).
+    fn create_topic_in_log(
+        &self,
+        name: &str,
+        partitions: u32,
+        retention: Retention,
+    ) -> Result<(), BrokerError> {
         gearbox_log::validate_topic_name(name).map_err(topic_error)?;
         if partitions == 0 || partitions > gearbox_log::PARTITIONS_PER_TOPIC_MAX {
             return Err(BrokerError::InvalidArgument {
@@ -579,42 +597,58 @@ impl Broker {
     pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         let _admin = lock(&self.admin);
         self.require(name)?;
-        let doomed: Vec<SubKey> = self
+        // The topic, its dead-letter topic, that one's, and so on: each may have subscriptions
+        // and a redrive cursor of its own.
+        let mut cascade = vec![name.to_string()];
+        while let Some(next) = cascade
+            .last()
+            .map(|t| dlq_name(t))
+            .filter(|d| self.entry(d).is_some())
+        {
+            cascade.push(next);
+        }
+        let doomed: Vec<(SubKey, Arc<Mutex<Subscription>>)> = self
             .subs
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .filter(|(t, _)| t == name)
-            .cloned()
+            .iter()
+            .filter(|((t, _), _)| cascade.contains(t))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Lock order: admin, then each subscription (never dlq_create while holding one here).
+        // A marked subscription refuses every later call through a handle taken before.
+        for (_, sub) in &doomed {
+            lock(sub).mark_deleted();
+        }
         let mut writes: Vec<Write> = doomed
             .iter()
-            .map(|(t, n)| Write::DeleteSubscription {
+            .map(|((t, n), _)| Write::DeleteSubscription {
                 key: store::sub_key(t, n),
             })
             .collect();
-        writes.push(Write::DeleteSubscription {
-            key: store::sub_key(&dlq_name(name), REDRIVE_POSITION),
-        });
+        writes.extend(cascade.iter().map(|t| Write::DeleteSubscription {
+            key: store::sub_key(t, REDRIVE_POSITION),
+        }));
         self.store.apply(&writes)?;
         {
             let mut subs = self
                 .subs
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for k in &doomed {
+            for (k, _) in &doomed {
                 subs.remove(k);
             }
         }
-        for t in [name.to_string(), dlq_name(name)] {
+        let _creating = lock(&self.dlq_create);
+        for t in &cascade {
             if self
                 .topics
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&t)
+                .remove(t)
                 .is_some()
             {
-                self.log.delete_topic(&t).map_err(topic_error)?;
+                self.log.delete_topic(t).map_err(topic_error)?;
             }
         }
         Ok(())
@@ -857,10 +891,13 @@ impl Broker {
         settings: Settings,
     ) -> Result<bool, BrokerError> {
         let entry = self.require(topic)?;
-        if name.is_empty() || name.len() > 249 || name.bytes().any(|b| b == 0 || b == b'/') {
+        if name.is_empty()
+            || name.len() > 249
+            || name.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'/')
+        {
             return Err(BrokerError::InvalidArgument {
                 field: "name".into(),
-                reason: "1 to 249 bytes, no `/`".into(),
+                reason: "1 to 249 bytes, no `/` and no control characters".into(),
             });
         }
         let _admin = lock(&self.admin);
@@ -894,7 +931,9 @@ impl Broker {
     /// Not found, or I/O.
     pub fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), BrokerError> {
         let _admin = lock(&self.admin);
-        self.sub(topic, name)?;
+        let sub = self.sub(topic, name)?;
+        // Mark it first, so a call through a handle taken before the delete writes nothing after.
+        lock(&sub).mark_deleted();
         self.store.apply(&[Write::DeleteSubscription {
             key: store::sub_key(topic, name),
         }])?;
@@ -983,28 +1022,41 @@ impl Broker {
         let max = max.clamp(1, READ_EVENTS_MAX);
         let now = self.clock.now_ms();
         let mut s = lock(&sub);
+        if s.is_deleted() {
+            return Err(BrokerError::SubscriptionNotFound {
+                topic: topic.into(),
+                name: name.into(),
+            });
+        }
         let plan = s.poll(now, max, &Self::bounds(&entry));
         // Read what is to be delivered before persisting, so a read failure changes nothing
-        // durable (the in-memory locks simply expire).
-        let mut cache: HashMap<(u32, u64), CloudEvent> = HashMap::new();
-        for t in plan
-            .takes
-            .iter()
-            .map(|t| (t.partition, t.offset))
-            .chain(plan.dead.iter().map(|d| (d.partition, d.offset)))
-        {
-            if !cache.contains_key(&t) {
-                let part = self.partition(&entry, t.0)?;
-                for r in part.read_records(t.1, READ_CHUNK_BYTES / 4)? {
-                    cache.insert(
-                        (t.0, r.offset as u64),
-                        CloudEvent::from_record(&r, topic, t.0),
-                    );
-                }
+        // durable; in memory, dying events become available again, a cursor rewinds, and queue
+        // locks simply expire.
+        let cache = match self.read_events(
+            &entry,
+            topic,
+            plan.takes
+                .iter()
+                .map(|t| (t.partition, t.offset))
+                .chain(plan.dead.iter().map(|d| (d.partition, d.offset))),
+        ) {
+            Ok(cache) => cache,
+            Err(e) => {
+                s.undo_dead(&plan.dead);
+                s.undo_takes(&plan.takes);
+                return Err(e);
             }
+        };
+        if let Err(e) = self.store.apply(&plan.writes) {
+            s.undo_dead(&plan.dead);
+            s.undo_takes(&plan.takes);
+            return Err(e.into());
         }
-        self.store.apply(&plan.writes)?;
-        self.dead_letter(&entry, name, &mut s, &plan.dead, &cache)?;
+        // The deliveries are durable now; a failing dead-letter append must not cost them (the
+        // dying events are retried by a later poll).
+        if let Err(e) = self.dead_letter(&entry, name, &mut s, &plan.dead, &cache) {
+            tracing::warn!(topic, subscription = name, error = %e, "dead-lettering failed; will retry");
+        }
         let deliveries = plan
             .takes
             .iter()
@@ -1021,6 +1073,28 @@ impl Broker {
             })
             .collect();
         Ok((deliveries, plan.next_due_ms))
+    }
+
+    /// Reads the events at the given positions (each read also caches its neighbours).
+    fn read_events(
+        &self,
+        entry: &TopicEntry,
+        topic: &str,
+        positions: impl Iterator<Item = (u32, u64)>,
+    ) -> Result<HashMap<(u32, u64), CloudEvent>, BrokerError> {
+        let mut cache: HashMap<(u32, u64), CloudEvent> = HashMap::new();
+        for t in positions {
+            if !cache.contains_key(&t) {
+                let part = self.partition(entry, t.0)?;
+                for r in part.read_records(t.1, READ_CHUNK_BYTES / 4)? {
+                    cache.insert(
+                        (t.0, r.offset as u64),
+                        CloudEvent::from_record(&r, topic, t.0),
+                    );
+                }
+            }
+        }
+        Ok(cache)
     }
 
     /// Appends dead letters to `<topic>.dlq` (same partition), then records them finished.
@@ -1066,9 +1140,12 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let dlq = dlq_name(topic);
         if self.entry(&dlq).is_none() {
-            match self.create_topic_unchecked(&dlq, partitions, Retention::FOREVER) {
-                Ok(()) | Err(BrokerError::TopicExists(_)) => {}
-                Err(e) => return Err(e),
+            let _creating = lock(&self.dlq_create);
+            if self.entry(&dlq).is_none() {
+                match self.create_topic_in_log(&dlq, partitions, Retention::FOREVER) {
+                    Ok(()) | Err(BrokerError::TopicExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         let dlq_entry = self.require(&dlq)?;
@@ -1138,10 +1215,13 @@ impl Broker {
         name: &str,
         items: &[(u32, u64)],
     ) -> Result<(usize, Vec<(u32, u64)>), BrokerError> {
-        let (_, sub) = self.queue_sub(topic, name)?;
+        let (entry, sub) = self.queue_sub(topic, name)?;
         let mut s = lock(&sub);
+        Self::not_deleted(&s, topic, name)?;
         let settled = s.ack(items);
         self.store.apply(&settled.writes)?;
+        // An ack can free a full window: wake long polls waiting for it.
+        entry.notify.notify_waiters();
         Ok((settled.count, settled.not_in_flight))
     }
 
@@ -1160,6 +1240,7 @@ impl Broker {
     ) -> Result<(usize, Vec<(u32, u64)>), BrokerError> {
         let (entry, sub) = self.queue_sub(topic, name)?;
         let mut s = lock(&sub);
+        Self::not_deleted(&s, topic, name)?;
         let mut random = || self.random();
         let settled = s.nack(
             items,
@@ -1169,23 +1250,33 @@ impl Broker {
             error,
             &mut random,
         );
-        self.store.apply(&settled.writes)?;
-        let mut cache = HashMap::new();
-        for d in &settled.dead {
-            let part = self.partition(&entry, d.partition)?;
-            if let Some(r) = part
-                .read_records(d.offset, 1)?
-                .into_iter()
-                .find(|r| r.offset as u64 == d.offset)
-            {
-                cache.insert(
-                    (d.partition, d.offset),
-                    CloudEvent::from_record(&r, topic, d.partition),
-                );
+        let positions = settled.dead.iter().map(|d| (d.partition, d.offset));
+        let read = self
+            .store
+            .apply(&settled.writes)
+            .map_err(BrokerError::from)
+            .and_then(|()| self.read_events(&entry, topic, positions));
+        let cache = match read {
+            Ok(cache) => cache,
+            Err(e) => {
+                s.undo_dead(&settled.dead);
+                return Err(e);
             }
-        }
+        };
         self.dead_letter(&entry, name, &mut s, &settled.dead, &cache)?;
+        // A nack (say, `retry_in_ms: 0`) can make an event deliverable now.
+        entry.notify.notify_waiters();
         Ok((settled.count, settled.not_in_flight))
+    }
+
+    fn not_deleted(s: &Subscription, topic: &str, name: &str) -> Result<(), BrokerError> {
+        if s.is_deleted() {
+            return Err(BrokerError::SubscriptionNotFound {
+                topic: topic.into(),
+                name: name.into(),
+            });
+        }
+        Ok(())
     }
 
     /// Commits cursor offsets.
@@ -1201,6 +1292,7 @@ impl Broker {
         let entry = self.require(topic)?;
         let sub = self.sub(topic, name)?;
         let mut s = lock(&sub);
+        Self::not_deleted(&s, topic, name)?;
         if s.settings().mode != Mode::Cursor {
             return Err(BrokerError::WrongMode {
                 name: name.into(),
@@ -1259,11 +1351,13 @@ impl Broker {
     }
 
     /// Appends every DLQ event not yet redriven back to `topic` (without its `dlq*`
-    /// extensions, skipping dedup), then durably moves the redrive cursor. Returns how many.
+    /// extensions, skipping dedup), durably moving the redrive cursor past each appended run.
+    /// Returns how many. At-least-once: a crash between an append and its cursor write
+    /// redrives that run again.
     ///
     /// # Errors
-    /// Not found, or a storage error (events appended before it stay appended; the cursor
-    /// moves only past those).
+    /// Not found, or a storage error (events appended before it stay appended, and the cursor
+    /// has moved past exactly those).
     pub fn redrive(&self, topic: &str) -> Result<usize, BrokerError> {
         let entry = self.require(topic)?;
         let Some(dlq) = self.entry(&dlq_name(topic)) else {
@@ -1280,27 +1374,35 @@ impl Broker {
                 if events.is_empty() {
                     break;
                 }
+                // Runs of consecutive DLQ events bound for the same partition, in DLQ order: the
+                // cursor moves past each run as soon as it is appended, so a failure later in the
+                // chunk never appends the earlier runs twice. (A crash between an append and its
+                // cursor write can: redrive is at-least-once.)
                 let now = self.clock.now_ms();
-                let mut groups: BTreeMap<u32, BatchBuilder> = BTreeMap::new();
-                for stored in &events {
+                let mut run: Option<(u32, BatchBuilder)> = None;
+                for (i, stored) in events.iter().enumerate() {
                     let mut e = stored.event.clone();
                     e.extensions.retain(|k, _| !k.starts_with("dlq"));
-                    let key = e.partition_key().unwrap_or(&e.id).to_string();
-                    groups
-                        .entry(partition_for(key.as_bytes(), partitions))
-                        .or_default()
-                        .push(e.to_record(now));
+                    let target =
+                        partition_for(e.partition_key().unwrap_or(&e.id).as_bytes(), partitions);
+                    let (_, batch) = run.get_or_insert_with(|| (target, BatchBuilder::new()));
+                    batch.push(e.to_record(now));
+                    let run_ends = events.get(i + 1).is_none_or(|n| {
+                        let k = n.event.partition_key().unwrap_or(&n.event.id);
+                        partition_for(k.as_bytes(), partitions) != target
+                    });
+                    if run_ends {
+                        let (target, batch) = run.take().expect("a run is open");
+                        let bytes = batch
+                            .build()
+                            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+                        self.partition(&entry, target)?.append(&bytes)?;
+                        self.store.apply(&[Write::SetPosition {
+                            key: store::partition_key(&dlq_name(topic), REDRIVE_POSITION, p as u32),
+                            offset: stored.offset + 1,
+                        }])?;
+                    }
                 }
-                for (target, b) in groups {
-                    let bytes = b
-                        .build()
-                        .map_err(|e| BrokerError::Internal(e.to_string()))?;
-                    self.partition(&entry, target)?.append(&bytes)?;
-                }
-                self.store.apply(&[Write::SetPosition {
-                    key: store::partition_key(&dlq_name(topic), REDRIVE_POSITION, p as u32),
-                    offset: next,
-                }])?;
                 count += events.len();
                 from = next;
             }

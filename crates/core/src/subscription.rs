@@ -371,6 +371,7 @@ pub struct Subscription {
     queue: Vec<QueuePartition>,
     cursor: Vec<CursorPartition>,
     rotation: usize,
+    deleted: bool,
 }
 
 /// Per-partition offsets a poll needs from the log: (log start, high-water mark).
@@ -386,10 +387,16 @@ impl Subscription {
         settings: Settings,
         starts: &[u64],
     ) -> (Subscription, Vec<Write>) {
-        let mut writes = vec![Write::PutSubscription {
-            key: sub_key(topic, name),
-            settings: settings.to_json().to_string().into_bytes(),
-        }];
+        // Clear any rows a handle held across an earlier delete of this name may have left.
+        let mut writes = vec![
+            Write::DeleteSubscription {
+                key: sub_key(topic, name),
+            },
+            Write::PutSubscription {
+                key: sub_key(topic, name),
+                settings: settings.to_json().to_string().into_bytes(),
+            },
+        ];
         for (p, &start) in starts.iter().enumerate() {
             writes.push(Write::SetPosition {
                 key: partition_key(topic, name, p as u32),
@@ -454,6 +461,7 @@ impl Subscription {
             queue,
             cursor,
             rotation: 0,
+            deleted: false,
         }
     }
 
@@ -530,7 +538,11 @@ impl Subscription {
                     continue;
                 }
                 if slot.attempts >= max_attempts {
-                    slot.state = SlotState::Dead;
+                    // Dying: not deliverable, not finished. finish_dead makes it Dead once the
+                    // DLQ append succeeded; undo_dead makes it available again otherwise.
+                    slot.state = SlotState::Available {
+                        not_before: i64::MAX,
+                    };
                     let error = slot
                         .last_error
                         .clone()
@@ -617,6 +629,10 @@ impl Subscription {
             if let Some(slot) = self.queue[d.partition as usize].window.get_mut(&d.offset) {
                 slot.state = SlotState::Dead;
                 slot.last_error = Some(d.error.clone());
+                // Durably dead, also when it sits above an event still in flight (the floor
+                // does not reach it yet), so a restart does not dead-letter it again.
+                let slot = slot.clone();
+                writes.push(self.slot_write(d.partition, d.offset, &slot));
             }
         }
         let parts: Vec<u32> = dead.iter().map(|d| d.partition).collect();
@@ -624,6 +640,30 @@ impl Subscription {
             writes.extend(self.advance_floor(p));
         }
         writes
+    }
+
+    /// Gives back what a poll took when its events could not be read: a cursor's position
+    /// returns to the first offset taken, so nothing is skipped. (Queue locks simply expire.)
+    pub fn undo_takes(&mut self, takes: &[Take]) {
+        if self.settings.mode != Mode::Cursor {
+            return;
+        }
+        for t in takes {
+            let c = &mut self.cursor[t.partition as usize];
+            c.position = c.position.min(t.offset);
+        }
+    }
+
+    /// Marks the subscription deleted: later operations through a handle taken before the
+    /// delete must not write state for it again.
+    pub fn mark_deleted(&mut self) {
+        self.deleted = true;
+    }
+
+    /// Whether [`Subscription::mark_deleted`] was called.
+    #[must_use]
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
     }
 
     /// Puts dead letters whose DLQ append failed back, to be tried again by a later poll.
@@ -951,6 +991,60 @@ mod tests {
                 }
             ],
             "in-flight events come back with attempt + 1; acked ones do not"
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_above_an_event_in_flight_stays_dead_after_a_restart() {
+        let mut s = queue(5);
+        let plan = s.poll(0, 10, &BOUNDS);
+        let mut half = || 0.5;
+        let n = s.nack(&[(0, 1)], 0, None, true, Some("poison"), &mut half);
+        assert_eq!(n.dead.len(), 1);
+        let finished = s.finish_dead(&n.dead);
+        assert_eq!(
+            s.positions()[0],
+            0,
+            "offset 0 is still in flight, so the floor stays"
+        );
+        let mut slots: BTreeMap<u64, SlotRecord> = BTreeMap::new();
+        for w in plan.writes.iter().chain(&n.writes).chain(&finished) {
+            if let Write::PutSlot { key, slot } = w {
+                slots.insert(
+                    u64::from_be_bytes(key[key.len() - 8..].try_into().unwrap()),
+                    slot.clone(),
+                );
+            }
+        }
+        let mut r = Subscription::restore(
+            "t",
+            "s",
+            s.settings().clone(),
+            vec![(0, slots.into_iter().collect()), (0, vec![])],
+        );
+        let offsets: Vec<u64> = r
+            .poll(0, 10, &BOUNDS)
+            .takes
+            .iter()
+            .map(|t| t.offset)
+            .collect();
+        assert_eq!(
+            offsets,
+            [0, 2],
+            "the dead-lettered offset 1 is not delivered again"
+        );
+    }
+
+    #[test]
+    fn a_cursor_rewinds_when_its_events_could_not_be_read() {
+        let (mut s, _) = Subscription::create("t", "c", Settings::defaults(Mode::Cursor), &[0]);
+        let bounds = [(0, 5)];
+        let takes = s.poll(0, 3, &bounds).takes;
+        s.undo_takes(&takes);
+        assert_eq!(
+            s.poll(0, 1, &bounds).takes[0].offset,
+            0,
+            "nothing was skipped"
         );
     }
 
