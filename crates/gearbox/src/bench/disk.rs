@@ -35,6 +35,11 @@ pub struct WriteSync {
     pub latency: Histogram,
     /// Whether the loop stopped at the byte cap before its time was up.
     pub capped: bool,
+    /// MB/s in consecutive windows of one second or a little more (one entry per second of
+    /// `duration` at most): shows
+    /// whether the disk ran steadily or fast at first and then slowed down (a virtual disk's
+    /// burst allowance or the host's cache filling up).
+    pub per_second_mb: Vec<f64>,
 }
 
 impl WriteSync {
@@ -48,6 +53,14 @@ impl WriteSync {
     #[must_use]
     pub fn mb_per_s(&self) -> f64 {
         self.bytes() as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+
+    /// Slowest and fastest window of [`WriteSync::per_second_mb`], in MB/s (`NaN` if the loop ran under a second).
+    #[must_use]
+    pub fn per_second_range(&self) -> (f64, f64) {
+        let min = self.per_second_mb.iter().copied().reduce(f64::min);
+        let max = self.per_second_mb.iter().copied().reduce(f64::max);
+        (min.unwrap_or(f64::NAN), max.unwrap_or(f64::NAN))
     }
 }
 
@@ -71,8 +84,11 @@ pub fn write_sync_loop(
     let mut latency = Histogram::new();
     let mut ops = 0u64;
     let mut capped = false;
+    let mut per_second_mb = Vec::new();
+    let mut window_bytes = 0u64;
     let start = Instant::now();
     let deadline = start + duration;
+    let mut window_start = start;
     loop {
         let t0 = Instant::now();
         file.write_all(&buf)
@@ -82,6 +98,15 @@ pub fn write_sync_loop(
         let t1 = Instant::now();
         latency.record(t1 - t0);
         ops += 1;
+        // Windows close at the first write that completes a second or more after they opened,
+        // so each holds whole writes and its rate uses its exact length.
+        window_bytes += write_bytes as u64;
+        let window = t1 - window_start;
+        if window >= Duration::from_secs(1) {
+            per_second_mb.push(window_bytes as f64 / window.as_secs_f64() / 1e6);
+            window_bytes = 0;
+            window_start = t1;
+        }
         if (ops + 1) * write_bytes as u64 > bytes_cap {
             capped = t1 < deadline;
             break;
@@ -96,6 +121,7 @@ pub fn write_sync_loop(
         elapsed: start.elapsed(),
         latency,
         capped,
+        per_second_mb,
     })
 }
 

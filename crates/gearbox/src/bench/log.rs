@@ -2,6 +2,7 @@
 //! durable-write bandwidth, measured in the same run and the same directory.
 //!
 //! What runs, in order, each for `--seconds`:
+//! 0. A warm-up of `--warmup-seconds` of the same writes as the baseline, not measured.
 //! 1. The disk baseline: 1 MiB `write` + `fdatasync`, appending to a new file (MB/s).
 //! 2. The disk's 4 KiB `write` + `fdatasync` latency (p50/p99), for at most
 //!    [`disk::LATENCY_PROBE_SECONDS_MAX`] seconds: the fixed cost every group commit pays.
@@ -18,11 +19,20 @@
 //! reaches at least 75% of what the disk itself does with 1 MiB write+fdatasync. Absolute MB/s
 //! depend on the machine; the ratio shows what the log's own work costs on top of the disk.
 //!
+//! Nothing is deleted until the run ends, and an unmeasured warm-up comes first. Both keep
+//! every measurement in the same, sustained regime. On the VM this was written on, deleting a
+//! gigabyte of data made the next gigabyte of write+fdatasync run 3-5× faster than the
+//! sustained rate (the page cache reuses the freed memory; growing it into fresh memory makes
+//! each `write` several times slower, while `fdatasync` itself stays fast), so deleting each
+//! case's data before the next would have handed every case such a burst and made the
+//! comparison meaningless. `docs/benchmarks.md` has the measurements behind this.
+//!
 //! Limits: `--seconds` at most [`SECONDS_MAX`]; batches at most [`BENCH_BATCH_BYTES_MAX`];
-//! at most [`APPENDERS_MAX`] threads and [`APPENDER_COUNTS_MAX`] appender counts; each
-//! measurement stops early once it has written `--case-gib-max` GiB, so a long run cannot fill
-//! the disk (the rates use the time actually measured, and the output flags it). Latencies go
-//! into fixed-size histograms ([`Histogram`]), so memory does not grow with the run.
+//! at most [`APPENDERS_MAX`] threads and [`APPENDER_COUNTS_MAX`] appender counts; the run
+//! writes at most `--gib-max` GiB (default [`GIB_MAX_DEFAULT`]), shared evenly between the
+//! measurements, so a long run cannot fill the disk (a measurement that reaches its share
+//! stops early, its rates use the time it ran, and the output flags it). Latencies go into
+//! fixed-size histograms ([`Histogram`]), so memory does not grow with the run.
 
 use super::disk::{self, WriteSync};
 use super::hist::Histogram;
@@ -53,10 +63,12 @@ pub const BENCH_BATCH_BYTES_MAX: usize = 16 << 20;
 pub const APPENDERS_MAX: u32 = 256;
 /// Most entries in `--appenders`.
 pub const APPENDER_COUNTS_MAX: usize = 16;
-/// Default `--case-gib-max`.
-pub const CASE_GIB_MAX_DEFAULT: u64 = 32;
-/// Largest `--case-gib-max`.
-pub const CASE_GIB_LIMIT: u64 = 1024;
+/// Default `--warmup-seconds`.
+pub const WARMUP_SECONDS_DEFAULT: u64 = 4;
+/// Default `--gib-max`: at most this many GiB written by one run (all kept until the end).
+pub const GIB_MAX_DEFAULT: u64 = 40;
+/// Largest `--gib-max`.
+pub const GIB_LIMIT: u64 = 1024;
 
 /// Options of `gearbox bench log`.
 #[derive(Debug, clap::Args)]
@@ -94,11 +106,19 @@ pub struct LogArgs {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(APPENDERS_MAX)))]
     pub appenders: Vec<u32>,
 
-    /// Stop any one measurement early once it has written this many GiB, so a long run cannot
-    /// fill the disk (rates use the time actually measured) [max: 1024].
-    #[arg(long, value_name = "GIB", default_value_t = CASE_GIB_MAX_DEFAULT,
-          value_parser = clap::value_parser!(u64).range(1..=CASE_GIB_LIMIT))]
-    pub case_gib_max: u64,
+    /// Seconds of unmeasured 1 MiB write+fdatasync before the first measurement, so that every
+    /// measurement sees the disk's sustained rate rather than a burst (virtual disks often run
+    /// fast for the first GB or so, then slow down); 0 skips it [max: 120].
+    #[arg(long, value_name = "N", default_value_t = WARMUP_SECONDS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(0..=SECONDS_MAX))]
+    pub warmup_seconds: u64,
+
+    /// Most GiB the whole run may write. Nothing is deleted before the end, so each
+    /// measurement gets an equal share and stops early when it reaches it (its rates use the
+    /// time it actually ran, and the output flags it) [max: 1024].
+    #[arg(long, value_name = "GIB", default_value_t = GIB_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=GIB_LIMIT))]
+    pub gib_max: u64,
 
     /// Count and time every write and fdatasync the log issues (segments vs checkpoint), to
     /// see where an append's time goes. Costs two clock reads per I/O call.
@@ -159,6 +179,7 @@ struct Report {
     machine: Machine,
     seconds: u64,
     record_bytes: u32,
+    warmup: Option<WriteSync>,
     before: WriteSync,
     latency_4k: WriteSync,
     after: WriteSync,
@@ -198,8 +219,11 @@ pub fn run(args: &LogArgs) -> anyhow::Result<()> {
     let scratch = Scratch::create(args.dir.as_deref(), args.keep)?;
     let machine = Machine::probe(scratch.path());
     let duration = Duration::from_secs(args.seconds);
-    let cap = args.case_gib_max << 30;
-    let steps = 3 + batches.len() * args.appenders.len();
+    let warmup_steps = usize::from(args.warmup_seconds > 0);
+    let steps = 3 + warmup_steps + batches.len() * args.appenders.len();
+    // Every measurement's data stays until the end (see the module docs), so the run's byte
+    // budget is shared out evenly.
+    let cap = (args.gib_max << 30) / steps as u64;
     let mut step = 0;
     let mut progress = |what: &str| {
         step += 1;
@@ -213,6 +237,19 @@ pub fn run(args: &LogArgs) -> anyhow::Result<()> {
         args.seconds
     );
 
+    let warmup = if args.warmup_seconds > 0 {
+        progress("disk: warm-up, 1 MiB write+fdatasync (not measured)");
+        let warm = Duration::from_secs(args.warmup_seconds);
+        Some(baseline(
+            &scratch,
+            "disk-warmup",
+            disk::BANDWIDTH_WRITE_BYTES,
+            warm,
+            cap,
+        )?)
+    } else {
+        None
+    };
     progress("disk: 1 MiB write+fdatasync (before)");
     let before = baseline(
         &scratch,
@@ -244,7 +281,6 @@ pub fn run(args: &LogArgs) -> anyhow::Result<()> {
                 args.io_breakdown,
             )
             .with_context(|| format!("log case in {}", dir.display()))?;
-            scratch.discard(&dir)?;
             cases.push(case);
         }
         matrices.push(cases);
@@ -265,6 +301,7 @@ pub fn run(args: &LogArgs) -> anyhow::Result<()> {
         machine,
         seconds: args.seconds,
         record_bytes: args.record_bytes,
+        warmup,
         before,
         latency_4k,
         after,
@@ -281,7 +318,7 @@ pub fn run(args: &LogArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One disk loop in a new file `name` in the scratch dir, which is removed afterwards.
+/// One disk loop in a new file `name` in the scratch dir (kept until the run ends).
 fn baseline(
     scratch: &Scratch,
     name: &str,
@@ -290,9 +327,7 @@ fn baseline(
     cap: u64,
 ) -> anyhow::Result<WriteSync> {
     let path = scratch.path().join(name);
-    let result = disk::write_sync_loop(&path, write_bytes, duration, cap)?;
-    scratch.discard(&path)?;
-    Ok(result)
+    disk::write_sync_loop(&path, write_bytes, duration, cap)
 }
 
 /// One batch of `records` records, each with a `record_bytes` value of incompressible bytes.
@@ -461,22 +496,33 @@ fn to_text(r: &Report) -> String {
         m.cpus,
         m.kernel
     );
+    if let Some(w) = &r.warmup {
+        let secs: Vec<String> = w.per_second_mb.iter().map(|x| format!("{x:.0}")).collect();
+        let _ = writeln!(
+            o,
+            "\ndisk warm-up (not measured), 1 MiB write + fdatasync, MB/s per second: {}",
+            secs.join(" ")
+        );
+    }
     let _ = writeln!(
         o,
         "\ndisk: 1 MiB write + fdatasync, appending to a new file\n\
-         {:<8} {:>9} {:>8} {:>8} {:>8}",
-        "", "MB/s", "p50", "p99", "writes"
+         {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "", "MB/s", "p50", "p99", "writes", "min 1s", "max 1s"
     );
     for (label, w) in [("before", &r.before), ("after", &r.after)] {
+        let (min, max) = w.per_second_range();
         let _ = writeln!(
             o,
-            "{label:<8} {:>9.1} {:>8.2} {:>8.2} {:>8}{}",
+            "{label:<8} {:>9.1} {:>8.2} {:>8.2} {:>8} {:>8.0} {:>8.0}{}",
             w.mb_per_s(),
             w.latency.quantile_ms(0.5),
             w.latency.quantile_ms(0.99),
             grouped(w.ops),
+            min,
+            max,
             if w.capped {
-                "  (stopped at --case-gib-max)"
+                "  (stopped at its share of --gib-max)"
             } else {
                 ""
             }
@@ -532,7 +578,7 @@ fn to_text(r: &Report) -> String {
                 c.batches_per_sync(),
                 c.segments,
                 if c.capped {
-                    "  (stopped at --case-gib-max)"
+                    "  (stopped at its share of --gib-max)"
                 } else {
                     ""
                 }
@@ -601,14 +647,19 @@ fn to_text(r: &Report) -> String {
 fn write_sync_json(w: &WriteSync) -> String {
     format!(
         "{{\"write_bytes\": {}, \"writes\": {}, \"seconds\": {}, \"mb_per_s\": {}, \
-         \"p50_ms\": {}, \"p99_ms\": {}, \"capped\": {}}}",
+         \"p50_ms\": {}, \"p99_ms\": {}, \"capped\": {}, \"per_second_mb_per_s\": [{}]}}",
         w.write_bytes,
         w.ops,
         json_num(w.elapsed.as_secs_f64(), 3),
         json_num(w.mb_per_s(), 1),
         json_num(w.latency.quantile_ms(0.5), 3),
         json_num(w.latency.quantile_ms(0.99), 3),
-        w.capped
+        w.capped,
+        w.per_second_mb
+            .iter()
+            .map(|x| json_num(*x, 1))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -678,7 +729,8 @@ fn to_json(r: &Report) -> String {
         "{{\"bench\": \"log\", \"command\": {}, \"dir\": {}, \
          \"machine\": {{\"cpus\": {}, \"kernel\": {}, \"device\": {}, \"fs_type\": {}, \"mount\": {}}}, \
          \"seconds\": {}, \"record_bytes\": {}, \"mb\": 1000000, \
-         \"disk\": {{\"mb_per_s\": {}, \"before\": {}, \"after\": {}, \"latency_4k\": {}}}, \
+         \"disk\": {{\"mb_per_s\": {}, \"warmup\": {}, \"before\": {}, \"after\": {}, \
+         \"latency_4k\": {}}}, \
          \"log\": {{\"sync\": \"always\", \"segment_bytes_max\": {}, \"matrices\": [{}]}}}}",
         json_str(&r.command),
         json_str(&r.dir.to_string_lossy()),
@@ -690,6 +742,9 @@ fn to_json(r: &Report) -> String {
         r.seconds,
         r.record_bytes,
         json_num(r.disk_mb_per_s(), 1),
+        r.warmup
+            .as_ref()
+            .map_or_else(|| "null".to_string(), write_sync_json),
         write_sync_json(&r.before),
         write_sync_json(&r.after),
         write_sync_json(&r.latency_4k),

@@ -30,10 +30,11 @@ pub enum BenchCommand {
     /// covers it, and concurrent appenders share syncs (group commit). The yardstick is the
     /// disk's own 1 MiB write+fdatasync bandwidth, measured in the same run and directory.
     ///
-    /// Runs, in a fresh directory that is deleted afterwards: the disk baseline (1 MiB
-    /// write+fdatasync appends to a new file; then 4 KiB write+fdatasync latency), one log case
-    /// per appender count with large batches, the same with small batches, and the disk baseline
-    /// again. Takes about (4 + 2 × appender counts) × --seconds + 2 seconds.
+    /// Runs, in a fresh directory that is deleted afterwards: an unmeasured warm-up, the disk
+    /// baseline (1 MiB write+fdatasync appends to a new file; then 4 KiB write+fdatasync
+    /// latency), one log case per appender count with large batches, the same with small
+    /// batches, and the disk baseline again. Takes about (2 + 2 × appender counts) × --seconds
+    /// + --warmup-seconds + 2 seconds.
     Log(log::LogArgs),
     /// The server over HTTP with sync=always: batched CloudEvents ingest throughput, and
     /// produce-to-consume latency through long polls at a fixed rate.
@@ -84,24 +85,6 @@ impl Scratch {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Removes `child` (a file or directory inside the scratch dir) now, unless `keep` is set,
-    /// so that disk use stays at one case's worth.
-    ///
-    /// # Errors
-    /// If removal fails.
-    pub fn discard(&self, child: &Path) -> anyhow::Result<()> {
-        if self.keep {
-            return Ok(());
-        }
-        debug_assert!(child.starts_with(&self.path));
-        let result = if child.is_dir() {
-            fs::remove_dir_all(child)
-        } else {
-            fs::remove_file(child)
-        };
-        result.with_context(|| format!("removing {}", child.display()))
     }
 }
 
