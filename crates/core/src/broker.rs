@@ -771,16 +771,7 @@ impl Broker {
                 )
             })
             .collect();
-        let append = |p: u32, records: Vec<RecordInput>| -> Result<u64, BrokerError> {
-            let mut b = BatchBuilder::new();
-            for r in records {
-                b.push(r);
-            }
-            let bytes = b
-                .build()
-                .map_err(|e| BrokerError::Internal(e.to_string()))?;
-            Ok(self.partition(entry, p)?.append(&bytes)?.base_offset)
-        };
+        let append = |p: u32, records: Vec<RecordInput>| self.append_records(entry, p, records);
         if batches.len() <= 1 {
             return batches.into_iter().map(|(p, r)| append(p, r)).collect();
         }
@@ -798,6 +789,23 @@ impl Broker {
                 })
                 .collect()
         })
+    }
+
+    /// Appends `records` to partition `p` as one batch; returns its base offset.
+    fn append_records(
+        &self,
+        entry: &TopicEntry,
+        p: u32,
+        records: Vec<RecordInput>,
+    ) -> Result<u64, BrokerError> {
+        let mut b = BatchBuilder::new();
+        for r in records {
+            b.push(r);
+        }
+        let bytes = b
+            .build()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        Ok(self.partition(entry, p)?.append(&bytes)?.base_offset)
     }
 
     /// Reads up to `max` events from `partition` starting at `offset`. Returns them and the
@@ -1176,14 +1184,7 @@ impl Broker {
                 .push(e.to_record(now));
         }
         for (p, records) in groups {
-            let mut b = BatchBuilder::new();
-            for r in records {
-                b.push(r);
-            }
-            let bytes = b
-                .build()
-                .map_err(|e| BrokerError::Internal(e.to_string()))?;
-            self.partition(&dlq_entry, p)?.append(&bytes)?;
+            self.append_records(&dlq_entry, p, records)?;
         }
         dlq_entry.notify.notify_waiters();
         Ok(())
