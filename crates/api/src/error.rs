@@ -38,6 +38,9 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("route_not_found", 404),
     ("overloaded", 429),
     ("shutting_down", 503),
+    ("webhook_signature_invalid", 401),
+    ("pipeline_not_found", 404),
+    ("pipeline_unavailable", 503),
     ("internal", 500),
 ];
 

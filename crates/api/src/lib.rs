@@ -8,6 +8,7 @@
 //! `READ_EVENTS_MAX` events.
 
 pub mod error;
+mod pipelines;
 
 use crate::error::ApiError;
 use axum::Router;
@@ -48,6 +49,8 @@ pub struct AppState {
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
     publish_in_flight_max: usize,
+    pipelines: Arc<gearbox_connect::metrics::Registry>,
+    hooks: HashMap<String, gearbox_connectors::webhook::WebhookEndpoint>,
 }
 
 impl AppState {
@@ -63,6 +66,30 @@ impl AppState {
             broker,
             shutdown,
             publish_in_flight_max: publish_in_flight_max.max(1),
+            pipelines: Arc::default(),
+            hooks: HashMap::new(),
+        })
+    }
+
+    /// State that also serves the pipelines: their metrics and health, and their webhook
+    /// receivers (each on its own path under `/hooks/`).
+    #[must_use]
+    pub fn with_pipelines(
+        broker: Arc<Broker>,
+        shutdown: watch::Receiver<bool>,
+        publish_in_flight_max: usize,
+        pipelines: Arc<gearbox_connect::metrics::Registry>,
+        hooks: Vec<gearbox_connectors::webhook::WebhookEndpoint>,
+    ) -> Arc<AppState> {
+        Arc::new(AppState {
+            broker,
+            shutdown,
+            publish_in_flight_max: publish_in_flight_max.max(1),
+            pipelines,
+            hooks: hooks
+                .into_iter()
+                .map(|h| (h.path().to_string(), h))
+                .collect(),
         })
     }
 }
@@ -118,6 +145,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&format!("{sub}/commit"), post(commit))
         .route("/v1/topics/{topic}/dlq", get(list_dlq))
         .route("/v1/topics/{topic}/dlq/redrive", post(redrive))
+        .route("/v1/pipelines", get(pipelines::list))
+        .route("/v1/pipelines/{name}", get(pipelines::get))
+        .route("/v1/pipelines/{name}/pause", post(pipelines::pause))
+        .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
+        .route("/metrics", get(pipelines::metrics))
+        .route("/hooks/{*path}", post(pipelines::hook))
         .fallback(|| async { ApiError::new("route_not_found", "no such route").field("path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new("method_not_allowed", "this route does not take that method")

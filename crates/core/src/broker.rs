@@ -1146,17 +1146,7 @@ impl Broker {
         dead: &[DeadLetter],
         cache: &HashMap<(u32, u64), CloudEvent>,
     ) -> Result<(), BrokerError> {
-        let dlq = dlq_name(topic);
-        if self.entry(&dlq).is_none() {
-            let _creating = lock(&self.dlq_create);
-            if self.entry(&dlq).is_none() {
-                match self.create_topic_in_log(&dlq, partitions, Retention::FOREVER) {
-                    Ok(()) | Err(BrokerError::TopicExists(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        let dlq_entry = self.require(&dlq)?;
+        let dlq_entry = self.ensure_dlq(topic, partitions)?;
         let now = self.clock.now_ms();
         let time = chrono::DateTime::from_timestamp_millis(now)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -1188,6 +1178,57 @@ impl Broker {
         }
         dlq_entry.notify.notify_waiters();
         Ok(())
+    }
+
+    /// The DLQ of `topic`, created (with `partitions` partitions, kept forever) if missing.
+    fn ensure_dlq(&self, topic: &str, partitions: u32) -> Result<Arc<TopicEntry>, BrokerError> {
+        let dlq = dlq_name(topic);
+        if self.entry(&dlq).is_none() {
+            let _creating = lock(&self.dlq_create);
+            if self.entry(&dlq).is_none() {
+                match self.create_topic_in_log(&dlq, partitions, Retention::FOREVER) {
+                    Ok(()) | Err(BrokerError::TopicExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.require(&dlq)
+    }
+
+    /// Dead-letters events that never reached `topic` (a pipeline's transform rejected them):
+    /// they are published to `<topic>.dlq`, created if missing, deduplicated on `source` and
+    /// `id` like any publish, so dead-lettering the same event twice stores it once. The caller
+    /// has put the `dlq*` extensions (the error, the pipeline) on each event.
+    ///
+    /// # Errors
+    /// [`BrokerError::TopicNotFound`] for `topic`, or as [`Broker::publish`].
+    pub fn publish_dead(
+        &self,
+        topic: &str,
+        events: &[CloudEvent],
+    ) -> Result<Vec<Published>, BrokerError> {
+        let entry = self.require(topic)?;
+        let dlq = self.ensure_dlq(topic, entry.topic.partitions().len() as u32)?;
+        let published = self.publish(dlq.topic.name(), events)?;
+        dlq.notify.notify_waiters();
+        Ok(published)
+    }
+
+    /// A source's stored checkpoint (cursor or watermark), if any.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+        Ok(self.store.checkpoint(name)?)
+    }
+
+    /// Stores a source's checkpoint durably. Callers store it only after the events it covers
+    /// were appended.
+    ///
+    /// # Errors
+    /// A storage error, or a value over [`store::CHECKPOINT_BYTES_MAX`].
+    pub fn put_checkpoint(&self, name: &str, value: &[u8]) -> Result<(), BrokerError> {
+        Ok(self.store.put_checkpoint(name, value)?)
     }
 
     fn queue_sub(

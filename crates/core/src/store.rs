@@ -5,6 +5,9 @@
 //! slots. Every [`Store::apply`] is one transaction committed with `Durability::Immediate`,
 //! i.e. fsynced before it returns, so an ack or commit is durable before it is answered.
 //!
+//! Source checkpoints (a pipeline's cursor or watermark) live in their own table, keyed by
+//! pipeline name, each written in its own durable transaction.
+//!
 //! Keys are byte strings `topic 0x00 name 0x00 [partition u32 BE [offset u64 BE]]`, so one
 //! subscription's rows form one contiguous range.
 
@@ -14,6 +17,10 @@ use std::path::Path;
 const SUBSCRIPTIONS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("subscriptions");
 const POSITIONS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("positions");
 const SLOTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("slots");
+const CHECKPOINTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("checkpoints");
+
+/// Largest source checkpoint (a cursor or watermark) stored.
+pub const CHECKPOINT_BYTES_MAX: usize = 64 * 1024;
 
 /// Longest error text kept with a delivery.
 pub const ERROR_BYTES_MAX: usize = 1024;
@@ -161,6 +168,7 @@ impl Store {
         txn.open_table(SUBSCRIPTIONS).map_err(err)?;
         txn.open_table(POSITIONS).map_err(err)?;
         txn.open_table(SLOTS).map_err(err)?;
+        txn.open_table(CHECKPOINTS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -224,6 +232,35 @@ impl Store {
             out.push((k.value().to_vec(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// A source's checkpoint, if one was stored.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(CHECKPOINTS).map_err(err)?;
+        Ok(table.get(name).map_err(err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Stores a source's checkpoint durably (fsynced before returning).
+    ///
+    /// # Errors
+    /// [`StoreError`], also for a value over [`CHECKPOINT_BYTES_MAX`]; then nothing changed.
+    pub fn put_checkpoint(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        if value.len() > CHECKPOINT_BYTES_MAX {
+            return Err(StoreError(format!(
+                "checkpoint of {name:?} is {} bytes, over the limit of {CHECKPOINT_BYTES_MAX}",
+                value.len()
+            )));
+        }
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(CHECKPOINTS)
+            .map_err(err)?
+            .insert(name, value)
+            .map_err(err)?;
+        txn.commit().map_err(err)
     }
 
     /// A position, if set.

@@ -1,28 +1,59 @@
-//! `gearbox.yaml`: what the server sets up at start. For now, topics; pipelines come later.
+//! `gearbox.yaml`: the topics and pipelines the server sets up at start, and the tests that
+//! `gearbox test` runs against the pipelines' transforms.
 //!
 //! ```yaml
 //! topics:
-//!   - name: orders
+//!   - name: github-events
 //!     partitions: 3
 //!     retention: { ms: 604800000 }
+//! pipelines:
+//!   - name: github
+//!     source:
+//!       webhook: { path: /hooks/github, scheme: github, secrets: ["${env:GITHUB_SECRET}"], source: "https://github.com" }
+//!     transforms: ['.subject = .data.repository.full_name']
+//!     to: github-events
+//!     freshness_ms: 3600000
+//!     tests:
+//!       - name: keeps pushes
+//!         input: { specversion: "1.0", id: "d1", source: "https://github.com", type: "github.push", data: { repository: { full_name: "a/b" } } }
+//!         expect: [ { subject: "a/b" } ]
 //! ```
+//!
+//! Loading is two-phase so that `gearbox validate` reports every error at once: the file is
+//! parsed into a tree, then each section is checked on its own, each error carrying its path in
+//! the file (`pipelines[1].source.webhook.secrets[0]`). Secrets are references and are resolved
+//! only when a pipeline starts, never while validating or testing.
 
 use anyhow::Context as _;
+use gearbox_connect::breaker::BreakerConfig;
+use gearbox_connect::ratelimit::RateLimitConfig;
+use gearbox_connect::retry::RetryConfig;
+use gearbox_connect::runtime::{
+    BATCH_RECORDS_DEFAULT, BATCH_RECORDS_MAX, Common, Route, SinkPipeline, SourcePipeline,
+};
+use gearbox_connect::transform::{Chain, Program};
+use gearbox_connectors::registry::{SINK_TYPES, SOURCE_TYPES, SinkDecl, SourceDecl};
+use gearbox_core::subscription::Start;
 use gearbox_log::Retention;
 use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Largest config file read.
 const CONFIG_BYTES_MAX: u64 = 4 << 20;
-
-/// The whole file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Topics to create if missing.
-    #[serde(default)]
-    pub topics: Vec<TopicDecl>,
-}
+/// Most pipelines in one file.
+pub const PIPELINES_MAX: usize = 256;
+/// Most transforms in one pipeline.
+pub const TRANSFORMS_MAX: usize = 32;
+/// Most routes in one pipeline.
+pub const ROUTES_MAX: usize = 64;
+/// Most tests in one pipeline.
+pub const TESTS_MAX: usize = 256;
+/// Largest freshness target (30 days).
+pub const FRESHNESS_MS_MAX: u64 = 30 * 86_400_000;
+/// Default lock of a sink pipeline's subscription.
+pub const SINK_LOCK_MS_DEFAULT: u64 = 60_000;
 
 /// One topic.
 #[derive(Debug, Deserialize)]
@@ -65,11 +96,161 @@ impl TopicDecl {
     }
 }
 
+/// A pipeline as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineDecl {
+    name: String,
+    #[serde(default)]
+    source: Option<Value>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    routes: Vec<RouteDecl>,
+    #[serde(default)]
+    sink: Option<Value>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    start: Option<String>,
+    #[serde(default)]
+    lock_ms: Option<u64>,
+    #[serde(default)]
+    pause_after_failures: Option<u32>,
+    #[serde(default)]
+    transforms: Vec<String>,
+    #[serde(default)]
+    retry: Option<RetryConfig>,
+    #[serde(default)]
+    breaker: Option<BreakerConfig>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    freshness_ms: Option<u64>,
+    #[serde(default)]
+    batch_records_max: Option<usize>,
+    #[serde(default)]
+    tests: Vec<TestDecl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteDecl {
+    when: String,
+    topic: String,
+}
+
+/// A test embedded in a pipeline: an input record, and the events (a subset of each expected
+/// event's fields, in order) or the dead letter it must give.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestDecl {
+    /// The test's name.
+    pub name: String,
+    /// The input: a draft event (source pipelines) or an event (sink pipelines).
+    pub input: Value,
+    /// Expected outputs, each a subset of the output's fields; `topic` (source pipelines)
+    /// matches the routed topic.
+    #[serde(default)]
+    pub expect: Option<Vec<Value>>,
+    /// The input must be dead-lettered with an error containing this text.
+    #[serde(default)]
+    pub expect_dlq: Option<String>,
+}
+
+/// A pipeline, checked and ready to start.
+#[derive(Debug)]
+pub enum Pipeline {
+    /// Gear → topic.
+    Source {
+        /// Runtime settings.
+        pipeline: SourcePipeline,
+        /// The connector (boxed: source configs are much larger than sink configs).
+        decl: Box<SourceDecl>,
+        /// Its tests.
+        tests: Vec<TestDecl>,
+    },
+    /// Topic → gear.
+    Sink {
+        /// Runtime settings.
+        pipeline: SinkPipeline,
+        /// The connector.
+        decl: SinkDecl,
+        /// Its tests.
+        tests: Vec<TestDecl>,
+    },
+}
+
+impl Pipeline {
+    /// The pipeline's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            Pipeline::Source { pipeline, .. } => &pipeline.common.name,
+            Pipeline::Sink { pipeline, .. } => &pipeline.common.name,
+        }
+    }
+}
+
+/// The whole file, checked.
+#[derive(Debug)]
+pub struct Config {
+    /// Topics to create if missing.
+    pub topics: Vec<TopicDecl>,
+    /// Pipelines to run.
+    pub pipelines: Vec<Pipeline>,
+}
+
+/// One problem, with its path in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Where: `pipelines[0].source.webhook.path`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Issue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem in a file.
+#[derive(Debug)]
+pub struct Invalid(pub Vec<Issue>);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} problem(s):", self.0.len())?;
+        for issue in &self.0 {
+            writeln!(f, "  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn typed<T: serde::de::DeserializeOwned>(value: &Value, path: &str) -> Result<T, Issue> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let inner = e.path().to_string();
+        Issue {
+            path: if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}.{inner}")
+            },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
 impl Config {
-    /// Reads and parses a config file.
+    /// Reads, parses and checks a config file.
     ///
     /// # Errors
-    /// The file cannot be read, is too large, or does not parse (the error names the place).
+    /// The file cannot be read or parsed, or [`Invalid`] with every problem found.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let len = std::fs::metadata(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -81,6 +262,427 @@ impl Config {
         );
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let tree: Value =
+            serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Config::check(&tree)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("checking {}", path.display()))
+    }
+
+    /// Checks a parsed file.
+    ///
+    /// # Errors
+    /// [`Invalid`] with every problem found.
+    pub fn check(tree: &Value) -> Result<Config, Invalid> {
+        let mut issues = Vec::new();
+        let root = match tree {
+            Value::Object(map) => map.clone(),
+            Value::Null => Default::default(),
+            _ => {
+                return Err(Invalid(vec![Issue {
+                    path: ".".into(),
+                    message: "the file must be a mapping with `topics` and `pipelines`".into(),
+                }]));
+            }
+        };
+        for key in root.keys() {
+            if key != "topics" && key != "pipelines" {
+                issues.push(Issue {
+                    path: key.clone(),
+                    message: "unknown section (expected `topics` or `pipelines`)".into(),
+                });
+            }
+        }
+        let topics = list(&root, "topics", &mut issues)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                typed::<TopicDecl>(t, &format!("topics[{i}]"))
+                    .map_err(|e| issues.push(e))
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        let declared: BTreeSet<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+        let raw = list(&root, "pipelines", &mut issues);
+        if raw.len() > PIPELINES_MAX {
+            issues.push(Issue {
+                path: "pipelines".into(),
+                message: format!("at most {PIPELINES_MAX} pipelines"),
+            });
+        }
+        let mut names = BTreeSet::new();
+        let mut pipelines = Vec::new();
+        for (i, p) in raw.iter().enumerate() {
+            let at = format!("pipelines[{i}]");
+            let decl = match typed::<PipelineDecl>(p, &at) {
+                Ok(d) => d,
+                Err(e) => {
+                    issues.push(e);
+                    continue;
+                }
+            };
+            if !names.insert(decl.name.clone()) {
+                issues.push(Issue {
+                    path: format!("{at}.name"),
+                    message: format!("pipeline {:?} is declared twice", decl.name),
+                });
+            }
+            if let Some(p) = pipeline(decl, &at, &declared, &mut issues) {
+                pipelines.push(p);
+            }
+        }
+        if issues.is_empty() {
+            Ok(Config { topics, pipelines })
+        } else {
+            Err(Invalid(issues))
+        }
+    }
+}
+
+fn list(root: &serde_json::Map<String, Value>, key: &str, issues: &mut Vec<Issue>) -> Vec<Value> {
+    match root.get(key) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => {
+            issues.push(Issue {
+                path: key.into(),
+                message: "must be a list".into(),
+            });
+            Vec::new()
+        }
+    }
+}
+
+fn issue(issues: &mut Vec<Issue>, path: String, message: impl Into<String>) {
+    issues.push(Issue {
+        path,
+        message: message.into(),
+    });
+}
+
+fn pipeline(
+    d: PipelineDecl,
+    at: &str,
+    declared: &BTreeSet<&str>,
+    issues: &mut Vec<Issue>,
+) -> Option<Pipeline> {
+    let before = issues.len();
+    if d.name.is_empty()
+        || d.name.len() > 200
+        || !d
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        issue(
+            issues,
+            format!("{at}.name"),
+            "must be 1-200 of A-Z a-z 0-9 . _ -",
+        );
+    }
+    let mut programs = Vec::new();
+    if d.transforms.len() > TRANSFORMS_MAX {
+        issue(
+            issues,
+            format!("{at}.transforms"),
+            format!("at most {TRANSFORMS_MAX} transforms"),
+        );
+    }
+    for (i, t) in d.transforms.iter().enumerate() {
+        match Program::compile(t) {
+            Ok(p) => programs.push(p),
+            Err(e) => issue(issues, format!("{at}.transforms[{i}]"), e.to_string()),
+        }
+    }
+    let retry = d.retry.unwrap_or_default();
+    if let Err(e) = retry.validate() {
+        issue(issues, format!("{at}.retry.{}", e.field), e.reason);
+    }
+    let breaker = d.breaker.unwrap_or_default();
+    if let Err(e) = breaker.validate() {
+        issue(issues, format!("{at}.breaker.{}", e.field), e.reason);
+    }
+    if let Some(r) = &d.rate_limit
+        && let Err(e) = r.validate()
+    {
+        issue(issues, format!("{at}.rate_limit.{}", e.field), e.reason);
+    }
+    if let Some(f) = d.freshness_ms
+        && (f == 0 || f > FRESHNESS_MS_MAX)
+    {
+        issue(
+            issues,
+            format!("{at}.freshness_ms"),
+            format!("must be 1 to {FRESHNESS_MS_MAX}"),
+        );
+    }
+    let batch = d.batch_records_max.unwrap_or(BATCH_RECORDS_DEFAULT);
+    if batch == 0 || batch > BATCH_RECORDS_MAX {
+        issue(
+            issues,
+            format!("{at}.batch_records_max"),
+            format!("must be 1 to {BATCH_RECORDS_MAX}"),
+        );
+    }
+    if d.tests.len() > TESTS_MAX {
+        issue(
+            issues,
+            format!("{at}.tests"),
+            format!("at most {TESTS_MAX} tests"),
+        );
+    }
+    for (i, t) in d.tests.iter().enumerate() {
+        if t.expect.is_some() == t.expect_dlq.is_some() {
+            issue(
+                issues,
+                format!("{at}.tests[{i}]"),
+                "give exactly one of `expect` and `expect_dlq`",
+            );
+        }
+    }
+    let common = Common {
+        name: d.name.clone(),
+        retry,
+        breaker,
+        rate_limit: d.rate_limit,
+        freshness_ms: d.freshness_ms,
+        transforms: Chain::new(programs),
+        batch_records_max: batch,
+    };
+    let topic_known = |t: &str, path: String, issues: &mut Vec<Issue>| {
+        if !declared.contains(t) {
+            issue(
+                issues,
+                path,
+                format!("topic {t:?} is not declared under `topics`"),
+            );
+        }
+    };
+    let built = match (d.source, d.sink) {
+        (Some(source), None) => {
+            for (field, present) in [
+                ("from", d.from.is_some()),
+                ("start", d.start.is_some()),
+                ("lock_ms", d.lock_ms.is_some()),
+                ("pause_after_failures", d.pause_after_failures.is_some()),
+            ] {
+                if present {
+                    issue(
+                        issues,
+                        format!("{at}.{field}"),
+                        "only sink pipelines take this",
+                    );
+                }
+            }
+            let decl =
+                connector::<SourceDecl>(&source, &format!("{at}.source"), SOURCE_TYPES, issues)?;
+            for (path, message) in decl.validate() {
+                issue(
+                    issues,
+                    format!("{at}.source.{}.{path}", decl.kind()),
+                    message,
+                );
+            }
+            let Some(to) = d.to else {
+                issue(
+                    issues,
+                    format!("{at}.to"),
+                    "a source pipeline needs `to: <topic>`",
+                );
+                return None;
+            };
+            topic_known(&to, format!("{at}.to"), issues);
+            if d.routes.len() > ROUTES_MAX {
+                issue(
+                    issues,
+                    format!("{at}.routes"),
+                    format!("at most {ROUTES_MAX} routes"),
+                );
+            }
+            let mut routes = Vec::new();
+            for (i, r) in d.routes.into_iter().enumerate() {
+                topic_known(&r.topic, format!("{at}.routes[{i}].topic"), issues);
+                match Program::compile(&r.when) {
+                    Ok(when) => routes.push(Route {
+                        when,
+                        topic: r.topic,
+                    }),
+                    Err(e) => issue(issues, format!("{at}.routes[{i}].when"), e.to_string()),
+                }
+            }
+            Pipeline::Source {
+                pipeline: SourcePipeline { common, to, routes },
+                decl: Box::new(decl),
+                tests: d.tests,
+            }
+        }
+        (None, Some(sink)) => {
+            if d.to.is_some() || !d.routes.is_empty() {
+                issue(
+                    issues,
+                    format!("{at}.to"),
+                    "sink pipelines read `from` a topic; `to` and `routes` are for sources",
+                );
+            }
+            let decl = connector::<SinkDecl>(&sink, &format!("{at}.sink"), SINK_TYPES, issues)?;
+            for (path, message) in decl.validate() {
+                issue(issues, format!("{at}.sink.{}.{path}", decl.kind()), message);
+            }
+            let Some(from) = d.from else {
+                issue(
+                    issues,
+                    format!("{at}.from"),
+                    "a sink pipeline needs `from: <topic>`",
+                );
+                return None;
+            };
+            topic_known(&from, format!("{at}.from"), issues);
+            let start = match d.start.as_deref() {
+                None | Some("earliest") => Start::Earliest,
+                Some("latest") => Start::Latest,
+                Some(other) => {
+                    issue(
+                        issues,
+                        format!("{at}.start"),
+                        format!("{other:?}: use earliest or latest"),
+                    );
+                    Start::Earliest
+                }
+            };
+            Pipeline::Sink {
+                pipeline: SinkPipeline {
+                    common,
+                    from,
+                    start,
+                    lock_ms: d.lock_ms.unwrap_or(SINK_LOCK_MS_DEFAULT),
+                    pause_after_failures: d.pause_after_failures,
+                },
+                decl,
+                tests: d.tests,
+            }
+        }
+        _ => {
+            issue(
+                issues,
+                at.to_string(),
+                "a pipeline has exactly one of `source` (with `to`) and `sink` (with `from`)",
+            );
+            return None;
+        }
+    };
+    (issues.len() == before).then_some(built)
+}
+
+/// Checks a `source:` or `sink:` section names one known connector type, then parses it.
+fn connector<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    at: &str,
+    known: &[&str],
+    issues: &mut Vec<Issue>,
+) -> Option<T> {
+    let kind = match value {
+        Value::Object(m) if m.len() == 1 => m.keys().next().cloned().unwrap_or_default(),
+        _ => {
+            issue(
+                issues,
+                at.to_string(),
+                format!("name one connector type: {}", known.join(", ")),
+            );
+            return None;
+        }
+    };
+    if !known.contains(&kind.as_str()) {
+        issue(
+            issues,
+            format!("{at}.{kind}"),
+            format!("unknown connector type (known: {})", known.join(", ")),
+        );
+        return None;
+    }
+    typed::<T>(value, at).map_err(|e| issues.push(e)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues(yaml: &str) -> Vec<String> {
+        let tree: Value = serde_saphyr::from_str(yaml).unwrap();
+        match Config::check(&tree) {
+            Ok(_) => Vec::new(),
+            Err(Invalid(list)) => list.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let got = issues(
+            r#"
+topics:
+  - name: t
+pipelines:
+  - name: a
+    source: { webhook: { path: /nothooks, scheme: nope, secrets: ["${env:X}"], source: s } }
+    to: missing
+    transforms: ['.x | nosuchfn']
+    retry: { attempts_max: 0 }
+  - name: b
+    sink: { http: { url: "http://127.0.0.1:1/x", timeout_ms: 0 } }
+    from: t
+    start: sometime
+  - name: c
+    source: { ftp: {} }
+    to: t
+  - name: d
+    source: { webhook: { path: /hooks/d, scheme: github, secrets: ["literal-secret"], source: s } }
+    to: t
+extra: 1
+"#,
+        );
+        let expect = [
+            "extra: unknown section",
+            "pipelines[0].source.webhook.path: must start with /hooks/",
+            "pipelines[0].source.webhook.scheme: must be standard, stripe or github",
+            "pipelines[0].to: topic \"missing\" is not declared",
+            "pipelines[0].transforms[0]:",
+            "pipelines[0].retry.attempts_max:",
+            "pipelines[1].sink.http.timeout_ms: must be 1 to",
+            "pipelines[1].start: \"sometime\"",
+            "pipelines[2].source.ftp: unknown connector type",
+            "pipelines[3].source.webhook.secrets[0]: secrets must be references",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                got.join("\n")
+            );
+        }
+        assert!(
+            got.iter().all(|g| !g.contains("literal-secret")),
+            "a literal secret must not be echoed:\n{}",
+            got.join("\n")
+        );
+    }
+
+    #[test]
+    fn a_good_file_checks() {
+        let got = issues(
+            r#"
+topics: [{ name: t }, { name: u }]
+pipelines:
+  - name: hooks
+    source: { webhook: { path: /hooks/x, scheme: standard, secrets: ["${env:X}"], source: "urn:x" } }
+    to: t
+    routes: [{ when: '.type == "u"', topic: u }]
+    transforms: ['select(.data.ok)']
+    freshness_ms: 60000
+    tests:
+      - name: routes
+        input: { specversion: "1.0", id: "1", source: s, type: u, data: { ok: true } }
+        expect: [{ topic: u }]
+"#,
+        );
+        assert_eq!(got, Vec::<String>::new());
     }
 }

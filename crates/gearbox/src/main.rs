@@ -8,6 +8,7 @@
 mod bench;
 mod client;
 mod config;
+mod pipelines;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,10 @@ enum Command {
     /// Inspect and redrive dead-lettered events.
     #[command(subcommand)]
     Dlq(client::DlqCommand),
+    /// Check a gearbox.yaml, reporting every problem with its path in the file.
+    Validate(pipelines::ValidateArgs),
+    /// Run the tests embedded in a gearbox.yaml's pipelines.
+    Test(pipelines::TestArgs),
     /// Measure Gearbox against this machine (each benchmark measures its own baseline).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -73,6 +78,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Consume(args) => client::consume(&cli.server.server, args),
         Command::Replay(args) => client::replay(&cli.server.server, args),
         Command::Dlq(command) => client::dlq(&cli.server.server, command),
+        Command::Validate(args) => pipelines::validate(args),
+        Command::Test(args) => pipelines::test(args),
         Command::Bench(command) => bench::run(command),
     }
 }

@@ -1,15 +1,22 @@
 //! `gearbox serve`: the server. Opens (and recovers) the data directory, applies the config
-//! file, serves the HTTP API, and on SIGTERM or Ctrl-C drains in-flight requests, ends long
-//! polls, and syncs every partition before exiting.
+//! file (topics, then pipelines), serves the HTTP API, and on SIGTERM or Ctrl-C drains in-flight
+//! requests, ends long polls, stops the pipelines within [`PIPELINE_SHUTDOWN_MS`] (each finishes
+//! the batch in hand), and syncs every partition before exiting.
 
 use crate::config::Config;
 use anyhow::Context as _;
 use gearbox_api::{AppState, router};
+use gearbox_connect::backbone::Embedded;
+use gearbox_connect::metrics::Registry;
+use gearbox_connect::runtime::Runtime;
 use gearbox_core::broker::{Broker, BrokerConfig, BrokerError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
+
+/// How long pipelines get to finish their batches at shutdown.
+pub const PIPELINE_SHUTDOWN_MS: u64 = 10_000;
 
 /// Options of `gearbox serve`.
 #[derive(Debug, clap::Args)]
@@ -20,7 +27,7 @@ pub struct ServeArgs {
     /// The HTTP listener.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub http: SocketAddr,
-    /// A gearbox.yaml declaring topics (created at start if missing).
+    /// A gearbox.yaml declaring topics (created at start if missing) and pipelines.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Most publish requests handled at once; more are answered 429 overloaded.
@@ -66,10 +73,18 @@ async fn serve(args: &ServeArgs, config: Option<Config>) -> anyhow::Result<()> {
         }
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = router(AppState::new(
+    let registry = Arc::new(Registry::default());
+    let mut runtime = Runtime::new(Arc::new(Embedded::new(broker.clone())), registry.clone());
+    let hooks = match &config {
+        Some(config) => crate::pipelines::start(config, &mut runtime)?,
+        None => Vec::new(),
+    };
+    let app = router(AppState::with_pipelines(
         broker.clone(),
         shutdown_rx,
         args.publish_in_flight_max,
+        registry,
+        hooks,
     ));
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
@@ -87,6 +102,15 @@ async fn serve(args: &ServeArgs, config: Option<Config>) -> anyhow::Result<()> {
             let _ = shutdown_tx.send(true);
         })
         .await?;
+    let report = runtime
+        .shutdown(std::time::Duration::from_millis(PIPELINE_SHUTDOWN_MS))
+        .await;
+    if report.aborted > 0 {
+        tracing::warn!(
+            aborted = report.aborted,
+            "pipelines did not finish within the deadline; their batches will be read again"
+        );
+    }
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.close())
         .await?

@@ -13,7 +13,10 @@ use support::{Server, event};
 /// Codes that cannot be provoked by one request in this table (a full disk, a failed fsync,
 /// corrupt data, a draining server, a bug); `crates/log` covers the storage ones with unit tests,
 /// and `tests/limits.rs` holds a request open to provoke `overloaded`.
-const NOT_TRIGGERABLE: [&str; 6] = [
+/// `pipeline_unavailable` is triggered in `tests/webhook.rs` (its case appends, or may append,
+/// the event, which this file's snapshot check forbids).
+const NOT_TRIGGERABLE: [&str; 7] = [
+    "pipeline_unavailable",
     "overloaded",
     "disk_full",
     "partition_failed",
@@ -274,7 +277,23 @@ fn binary_headers<'a>(drop: &str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str,
 /// subscription `c` committed at 2 on partition `p`. Returns the server and (`p`, its high
 /// watermark).
 fn setup(dir: &tempfile::TempDir) -> (Server, u64, u64) {
-    let s = Server::start(&dir.path().join("data"));
+    // One webhook pipeline, for the webhook error classes.
+    let secret = dir.path().join("hook-secret");
+    std::fs::write(&secret, "errors-test-secret").unwrap();
+    let config = dir.path().join("gearbox.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "topics: [{{name: hooked}}]\npipelines:\n  - name: hook\n    source: {{webhook: {{path: /hooks/e, scheme: github, secrets: [\"${{file:{}}}\"], source: s}}}}\n    to: hooked\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start_with(
+        &dir.path().join("data"),
+        support::free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
     let (status, body) = s.post("/v1/topics", &json!({"name": "t", "partitions": 2}));
     assert_eq!(status, 201, "{body}");
     let events: Vec<Value> = (0..10).map(|i| valid(&format!("seed-{i}"))).collect();
@@ -313,6 +332,35 @@ fn setup(dir: &tempfile::TempDir) -> (Server, u64, u64) {
 fn cases(p: u64, hw: u64) -> Vec<(String, Req, Expect)> {
     let mut v: Vec<(String, Req, Expect)> = Vec::new();
     let mut add = |name: &str, req: Req, want: Expect| v.push((name.to_string(), req, want));
+
+    // Pipelines and webhooks.
+    add(
+        "pipeline: unknown name",
+        Req::get("/v1/pipelines/nope"),
+        expect(404, "pipeline_not_found", Some("name")),
+    );
+    let mut unsigned = Req::raw("POST", "/hooks/e", "application/json", "{}");
+    unsigned.headers = vec![("x-github-delivery".into(), "d-1".into())];
+    add(
+        "webhook: no signature",
+        unsigned,
+        expect(401, "webhook_signature_invalid", None),
+    );
+    let mut forged = Req::raw("POST", "/hooks/e", "application/json", "{}");
+    forged.headers = vec![
+        ("x-github-delivery".into(), "d-2".into()),
+        ("x-hub-signature-256".into(), format!("sha256={}", "ab".repeat(32))),
+    ];
+    add(
+        "webhook: wrong signature",
+        forged,
+        expect(401, "webhook_signature_invalid", None),
+    );
+    add(
+        "webhook: no receiver on the path",
+        Req::raw("POST", "/hooks/none", "application/json", "{}"),
+        expect(404, "route_not_found", Some("path")),
+    );
 
     // malformed_json
     add(

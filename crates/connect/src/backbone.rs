@@ -1,0 +1,264 @@
+//! The [`Backbone`]: the one interface between pipelines and the log. The runtime publishes,
+//! dead-letters, stores source checkpoints and consumes through it; [`Embedded`] implements it on
+//! Gearbox's own log, and the Kafka and NATS JetStream backbones will implement the same trait.
+//!
+//! Architecture Invariant: pipelines never see segment files, partitions' internals or the state
+//! store; everything they need is here.
+
+use gearbox_core::broker::{Broker, BrokerError, Delivery, Published};
+use gearbox_core::event::CloudEvent;
+use gearbox_core::subscription::Settings;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest long-poll wait a pipeline asks for.
+pub const POLL_WAIT_MS_MAX: u64 = 30_000;
+
+/// A backbone failure, by what a pipeline does about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackboneError {
+    /// Try again later (I/O, disk full, a partition refusing writes).
+    #[error("backbone unavailable: {0}")]
+    Unavailable(String),
+    /// One event can never be stored (too large); the others were not stored either.
+    #[error("event {index} rejected: {message}")]
+    Rejected {
+        /// Its index in the request.
+        index: usize,
+        /// Why.
+        message: String,
+    },
+    /// A topic or subscription the pipeline needs does not exist: a configuration error.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<BrokerError> for BackboneError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::EventTooLarge { index, size, max } => BackboneError::Rejected {
+                index,
+                message: format!("event of {size} bytes is over the limit of {max}"),
+            },
+            e @ (BrokerError::TopicNotFound(_)
+            | BrokerError::SubscriptionNotFound { .. }
+            | BrokerError::InvalidTopicName { .. }
+            | BrokerError::SubscriptionConflict { .. }
+            | BrokerError::WrongMode { .. }) => BackboneError::NotFound(e.to_string()),
+            other => BackboneError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// What pipelines need from the log.
+pub trait Backbone: Send + Sync + 'static {
+    /// Appends events durably, deduplicated on `source` and `id`; one result per event.
+    fn publish(
+        &self,
+        topic: &str,
+        events: Vec<CloudEvent>,
+    ) -> impl Future<Output = Result<Vec<Published>, BackboneError>> + Send;
+
+    /// Appends events to `topic`'s dead-letter topic (deduplicated like `publish`).
+    fn publish_dead(
+        &self,
+        topic: &str,
+        events: Vec<CloudEvent>,
+    ) -> impl Future<Output = Result<(), BackboneError>> + Send;
+
+    /// A pipeline's stored cursor.
+    fn checkpoint(
+        &self,
+        pipeline: &str,
+    ) -> impl Future<Output = Result<Option<String>, BackboneError>> + Send;
+
+    /// Stores a pipeline's cursor durably.
+    fn put_checkpoint(
+        &self,
+        pipeline: &str,
+        cursor: String,
+    ) -> impl Future<Output = Result<(), BackboneError>> + Send;
+
+    /// Creates a queue subscription, or checks an existing one has these settings.
+    fn ensure_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: Settings,
+    ) -> impl Future<Output = Result<(), BackboneError>> + Send;
+
+    /// Up to `max` deliveries, waiting up to `wait_ms` (capped at [`POLL_WAIT_MS_MAX`]) for one.
+    fn poll(
+        &self,
+        topic: &str,
+        name: &str,
+        max: usize,
+        wait_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Delivery>, BackboneError>> + Send;
+
+    /// Finishes deliveries.
+    fn ack(
+        &self,
+        topic: &str,
+        name: &str,
+        items: Vec<(u32, u64)>,
+    ) -> impl Future<Output = Result<(), BackboneError>> + Send;
+
+    /// Returns deliveries for a retry after `retry_in_ms` (default: the subscription's backoff),
+    /// or dead-letters them now with `reject`, recording `error`.
+    fn nack(
+        &self,
+        topic: &str,
+        name: &str,
+        items: Vec<(u32, u64)>,
+        retry_in_ms: Option<u64>,
+        reject: bool,
+        error: String,
+    ) -> impl Future<Output = Result<(), BackboneError>> + Send;
+}
+
+/// The embedded backbone: Gearbox's own log, in this process.
+///
+/// Its long polls do not watch for shutdown: the runtime drops a pipeline's poll when it stops.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    broker: Arc<Broker>,
+}
+
+impl Embedded {
+    /// A backbone over `broker`.
+    #[must_use]
+    pub fn new(broker: Arc<Broker>) -> Embedded {
+        Embedded { broker }
+    }
+
+    /// The broker (for the API and tests).
+    #[must_use]
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Broker) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BackboneError> {
+        let broker = self.broker.clone();
+        tokio::task::spawn_blocking(move || f(&broker))
+            .await
+            .map_err(|e| BackboneError::Unavailable(format!("storage task failed: {e}")))?
+            .map_err(BackboneError::from)
+    }
+}
+
+impl Backbone for Embedded {
+    async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<CloudEvent>,
+    ) -> Result<Vec<Published>, BackboneError> {
+        let topic = topic.to_string();
+        self.blocking(move |b| b.publish(&topic, &events)).await
+    }
+
+    async fn publish_dead(
+        &self,
+        topic: &str,
+        events: Vec<CloudEvent>,
+    ) -> Result<(), BackboneError> {
+        let topic = topic.to_string();
+        self.blocking(move |b| b.publish_dead(&topic, &events).map(drop))
+            .await
+    }
+
+    async fn checkpoint(&self, pipeline: &str) -> Result<Option<String>, BackboneError> {
+        let name = pipeline.to_string();
+        let raw = self.blocking(move |b| b.checkpoint(&name)).await?;
+        raw.map(|bytes| {
+            String::from_utf8(bytes).map_err(|_| {
+                BackboneError::Unavailable(format!("checkpoint of {pipeline:?} is not UTF-8"))
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_checkpoint(&self, pipeline: &str, cursor: String) -> Result<(), BackboneError> {
+        let name = pipeline.to_string();
+        self.blocking(move |b| b.put_checkpoint(&name, cursor.as_bytes()))
+            .await
+    }
+
+    async fn ensure_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: Settings,
+    ) -> Result<(), BackboneError> {
+        let (topic, name) = (topic.to_string(), name.to_string());
+        self.blocking(move |b| b.put_subscription(&topic, &name, settings).map(drop))
+            .await
+    }
+
+    async fn poll(
+        &self,
+        topic: &str,
+        name: &str,
+        max: usize,
+        wait_ms: u64,
+    ) -> Result<Vec<Delivery>, BackboneError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(POLL_WAIT_MS_MAX));
+        let notify = self.broker.watch(topic)?;
+        loop {
+            // Register for wake-ups before looking, so a publish in between is not missed.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (t, n) = (topic.to_string(), name.to_string());
+            let (deliveries, next_due) = self.blocking(move |b| b.poll(&t, &n, max)).await?;
+            let now = tokio::time::Instant::now();
+            if !deliveries.is_empty() || now >= deadline {
+                return Ok(deliveries);
+            }
+            let mut wake = deadline;
+            if let Some(due) = next_due {
+                let in_ms = due
+                    .saturating_sub(chrono::Utc::now().timestamp_millis())
+                    .max(0) as u64;
+                wake = wake.min(now + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn ack(
+        &self,
+        topic: &str,
+        name: &str,
+        items: Vec<(u32, u64)>,
+    ) -> Result<(), BackboneError> {
+        let (topic, name) = (topic.to_string(), name.to_string());
+        self.blocking(move |b| b.ack(&topic, &name, &items).map(drop))
+            .await
+    }
+
+    async fn nack(
+        &self,
+        topic: &str,
+        name: &str,
+        items: Vec<(u32, u64)>,
+        retry_in_ms: Option<u64>,
+        reject: bool,
+        error: String,
+    ) -> Result<(), BackboneError> {
+        let (topic, name) = (topic.to_string(), name.to_string());
+        self.blocking(move |b| {
+            b.nack(&topic, &name, &items, retry_in_ms, reject, Some(&error))
+                .map(drop)
+        })
+        .await
+    }
+}

@@ -1,0 +1,165 @@
+//! The registry: the one table of connector types. A pipeline's `source:` or `sink:` in
+//! `gearbox.yaml` names its type as the only key (`source: {webhook: {...}}`); this module
+//! validates that section, builds the connector, and starts it in the runtime.
+
+use gearbox_connect::backbone::Backbone;
+use gearbox_connect::runtime::{Runtime, SinkPipeline, SourcePipeline};
+use serde::Deserialize;
+
+/// A source section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceDecl {
+    /// Webhooks in.
+    #[cfg(feature = "webhook")]
+    Webhook(crate::webhook::WebhookConfig),
+    /// HTTP polling.
+    #[cfg(feature = "http")]
+    HttpPoll(crate::http_poll::HttpPollConfig),
+    /// MQTT.
+    #[cfg(feature = "mqtt")]
+    Mqtt(crate::mqtt::MqttConfig),
+}
+
+/// A sink section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkDecl {
+    /// Webhooks out.
+    #[cfg(feature = "http")]
+    Http(crate::http_delivery::HttpDeliveryConfig),
+}
+
+/// Every source type compiled in, for error messages.
+pub const SOURCE_TYPES: &[&str] = &[
+    #[cfg(feature = "webhook")]
+    "webhook",
+    #[cfg(feature = "http")]
+    "http_poll",
+    #[cfg(feature = "mqtt")]
+    "mqtt",
+];
+
+/// Every sink type compiled in.
+pub const SINK_TYPES: &[&str] = &[
+    #[cfg(feature = "http")]
+    "http",
+];
+
+impl SourceDecl {
+    /// The type name.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "webhook")]
+            SourceDecl::Webhook(_) => "webhook",
+            #[cfg(feature = "http")]
+            SourceDecl::HttpPoll(_) => "http_poll",
+            #[cfg(feature = "mqtt")]
+            SourceDecl::Mqtt(_) => "mqtt",
+        }
+    }
+
+    /// Problems with the section, as (path below `source.<type>`, reason).
+    #[must_use]
+    pub fn validate(&self) -> Vec<(String, String)> {
+        match self {
+            #[cfg(feature = "webhook")]
+            SourceDecl::Webhook(c) => c.validate(),
+            #[cfg(feature = "http")]
+            SourceDecl::HttpPoll(c) => c.validate(),
+            #[cfg(feature = "mqtt")]
+            SourceDecl::Mqtt(c) => c.validate(),
+        }
+    }
+}
+
+impl SinkDecl {
+    /// The type name.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "http")]
+            SinkDecl::Http(_) => "http",
+        }
+    }
+
+    /// Problems with the section, as (path below `sink.<type>`, reason).
+    #[must_use]
+    pub fn validate(&self) -> Vec<(String, String)> {
+        match self {
+            #[cfg(feature = "http")]
+            SinkDecl::Http(c) => c.validate(),
+        }
+    }
+}
+
+/// What starting a pipeline gives back to the server.
+#[derive(Debug, Default)]
+pub struct Started {
+    /// A webhook endpoint to mount on the HTTP listener.
+    #[cfg(feature = "webhook")]
+    pub webhook: Option<crate::webhook::WebhookEndpoint>,
+}
+
+/// A connector that could not be built: the connector's own error, which names the field below
+/// `source.<type>` or `sink.<type>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+macro_rules! build {
+    ($e:expr) => {
+        $e.map_err(|e| BuildError(e.to_string()))?
+    };
+}
+
+/// Builds a source and starts its pipeline.
+///
+/// # Errors
+/// [`BuildError`] (a secret that does not resolve, say).
+pub fn start_source<B: Backbone>(
+    runtime: &mut Runtime<B>,
+    pipeline: SourcePipeline,
+    decl: &SourceDecl,
+) -> Result<Started, BuildError> {
+    let mut started = Started::default();
+    match decl {
+        #[cfg(feature = "webhook")]
+        SourceDecl::Webhook(c) => {
+            let (endpoint, source) = build!(crate::webhook::receiver(c.clone()));
+            started.webhook = Some(endpoint);
+            runtime.spawn_source(pipeline, source);
+        }
+        #[cfg(feature = "http")]
+        SourceDecl::HttpPoll(c) => {
+            let source = build!(crate::http_poll::HttpPoll::new(c.clone()));
+            runtime.spawn_source(pipeline, source);
+        }
+        #[cfg(feature = "mqtt")]
+        SourceDecl::Mqtt(c) => {
+            let source = build!(crate::mqtt::Mqtt::new(c.clone()));
+            runtime.spawn_source(pipeline, source);
+        }
+    }
+    Ok(started)
+}
+
+/// Builds a sink and starts its pipeline.
+///
+/// # Errors
+/// [`BuildError`].
+pub fn start_sink<B: Backbone>(
+    runtime: &mut Runtime<B>,
+    pipeline: SinkPipeline,
+    decl: &SinkDecl,
+) -> Result<(), BuildError> {
+    match decl {
+        #[cfg(feature = "http")]
+        SinkDecl::Http(c) => {
+            let sink = build!(crate::http_delivery::HttpDelivery::new(c));
+            runtime.spawn_sink(pipeline, sink);
+        }
+    }
+    Ok(())
+}
