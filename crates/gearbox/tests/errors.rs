@@ -349,7 +349,10 @@ fn cases(p: u64, hw: u64) -> Vec<(String, Req, Expect)> {
     let mut forged = Req::raw("POST", "/hooks/e", "application/json", "{}");
     forged.headers = vec![
         ("x-github-delivery".into(), "d-2".into()),
-        ("x-hub-signature-256".into(), format!("sha256={}", "ab".repeat(32))),
+        (
+            "x-hub-signature-256".into(),
+            format!("sha256={}", "ab".repeat(32)),
+        ),
     ];
     add(
         "webhook: wrong signature",

@@ -203,7 +203,13 @@ fn webhooks_land_once_bad_signatures_are_refused_and_secrets_never_show() {
     responses.push(reply);
     let (_, shop) = server.get("/v1/pipelines/shop");
     assert_eq!(shop["health"], json!("error"), "{shop}");
-    assert!(shop["failure"].as_str().unwrap_or_default().contains("orders"), "{shop}");
+    assert!(
+        shop["failure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("orders"),
+        "{shop}"
+    );
     responses.push(shop);
 
     // The secrets appear nowhere: not in the log, not in any response.
