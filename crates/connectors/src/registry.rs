@@ -81,6 +81,8 @@ impl SinkDecl {
         match self {
             #[cfg(feature = "http")]
             SinkDecl::Http(_) => "http",
+            #[cfg(not(feature = "http"))]
+            _ => unreachable!("no sink type is compiled in"),
         }
     }
 
@@ -90,6 +92,8 @@ impl SinkDecl {
         match self {
             #[cfg(feature = "http")]
             SinkDecl::Http(c) => c.validate(),
+            #[cfg(not(feature = "http"))]
+            _ => unreachable!("no sink type is compiled in"),
         }
     }
 }
@@ -159,7 +163,12 @@ pub fn start_sink<B: Backbone>(
         SinkDecl::Http(c) => {
             let sink = build!(crate::http_delivery::HttpDelivery::new(c));
             runtime.spawn_sink(pipeline, sink);
+            Ok(())
+        }
+        #[cfg(not(feature = "http"))]
+        _ => {
+            let _ = (runtime, pipeline);
+            unreachable!("no sink type is compiled in")
         }
     }
-    Ok(())
 }
