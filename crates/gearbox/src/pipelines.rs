@@ -154,6 +154,8 @@ fn mismatch(expect: &Value, got: &Value, path: String) -> Option<String> {
                 None => Some(p),
             }
         }),
+        // 68 and 68.0 are the same JSON number to a reader; jq arithmetic yields floats.
+        (Value::Number(e), Value::Number(g)) if e.as_f64() == g.as_f64() => None,
         _ if expect == got => None,
         _ => Some(if path.is_empty() { ".".into() } else { path }),
     }
@@ -216,6 +218,14 @@ mod tests {
         assert_eq!(
             mismatch(&serde_json::json!({"d": [1]}), &got, String::new()),
             Some("d".into())
+        );
+        assert_eq!(
+            mismatch(
+                &serde_json::json!(68),
+                &serde_json::json!(68.0),
+                String::new()
+            ),
+            None
         );
     }
 }
