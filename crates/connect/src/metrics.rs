@@ -3,7 +3,8 @@
 //! the same names: `gearbox_component_received_events_total`, `..._sent_events_total`,
 //! `..._errors_total{error_type,stage}`, `..._discarded_events_total`, plus
 //! `gearbox_retries_total`, `gearbox_pipeline_dead_lettered_events_total`, the circuit breaker's
-//! state and transitions, `gearbox_pipeline_last_success_timestamp_seconds` and
+//! state (`gearbox_circuit_breaker_state`) and transitions
+//! (`gearbox_circuit_breaker_transitions_total{to}`), `gearbox_pipeline_last_success_timestamp_seconds` and
 //! `gearbox_pipeline_health{status}`.
 //!
 //! Health is derived, not set: paused, then a fatal error or an open breaker (error), then
@@ -92,6 +93,8 @@ pub struct ComponentMetrics {
     last_success_ms: AtomicI64,
     breaker: AtomicU8,
     breaker_opened: AtomicU64,
+    breaker_half_opened: AtomicU64,
+    breaker_closed: AtomicU64,
     paused: AtomicBool,
     failed: Mutex<Option<String>>,
 }
@@ -152,6 +155,8 @@ impl ComponentMetrics {
             last_success_ms: AtomicI64::new(0),
             breaker: AtomicU8::new(0),
             breaker_opened: AtomicU64::new(0),
+            breaker_half_opened: AtomicU64::new(0),
+            breaker_closed: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             failed: Mutex::new(None),
         }
@@ -202,13 +207,19 @@ impl ComponentMetrics {
         *errors.entry(key).or_default() += 1;
     }
 
-    /// Records the breaker's state, counting openings.
+    /// Records the breaker's state, counting the transitions into each state.
     pub fn breaker(&self, state: BreakerState) {
         let g = state.gauge();
         let before = self.breaker.swap(g, Relaxed);
-        if before != g && matches!(state, BreakerState::Open { .. }) {
-            self.breaker_opened.fetch_add(1, Relaxed);
+        if before == g {
+            return;
         }
+        let counter = match state {
+            BreakerState::Open { .. } => &self.breaker_opened,
+            BreakerState::HalfOpen => &self.breaker_half_opened,
+            BreakerState::Closed => &self.breaker_closed,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// Pauses or resumes.
@@ -336,11 +347,17 @@ impl ComponentMetrics {
             "gearbox_circuit_breaker_state{{{p}}} {}",
             self.breaker.load(Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "gearbox_circuit_breaker_opened_total{{{p}}} {}",
-            self.breaker_opened.load(Relaxed)
-        );
+        for (to, n) in [
+            ("open", &self.breaker_opened),
+            ("half_open", &self.breaker_half_opened),
+            ("closed", &self.breaker_closed),
+        ] {
+            let _ = writeln!(
+                out,
+                "gearbox_circuit_breaker_transitions_total{{{p},to=\"{to}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
         let last = self.last_success_ms.load(Relaxed);
         if last > 0 {
             let _ = writeln!(

@@ -83,3 +83,60 @@ async fn the_webhook_receiver_passes_the_conformance_suite() {
     };
     source_suite(&mut sender, &dir.path().join("log")).await;
 }
+
+#[tokio::test]
+async fn the_receivers_queue_and_body_limits_refuse_with_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let config: WebhookConfig = serde_json::from_value(serde_json::json!({
+        "path": "/hooks/limits",
+        "scheme": "standard",
+        "secrets": [format!("${{file:{}}}", secret_file.display())],
+        "source": "urn:test:sender",
+        "queue_max": 1,
+        "body_bytes_max": 64,
+        "reply_timeout_ms": 200,
+    }))
+    .unwrap();
+    // No pipeline drains the source: the first delivery waits in the queue (and then times out),
+    // the second finds the queue full.
+    let (endpoint, _source) = receiver(config).unwrap();
+    let key = standard_secret_key(SECRET).unwrap();
+    let signed = |id: &str, body: &[u8]| {
+        let ts = chrono::Utc::now().timestamp();
+        let mut h = http::HeaderMap::new();
+        h.insert("webhook-id", id.parse().unwrap());
+        h.insert("webhook-timestamp", ts.to_string().parse().unwrap());
+        h.insert(
+            "webhook-signature",
+            sign_standard(&key, id, ts, body).parse().unwrap(),
+        );
+        h
+    };
+    // Two deliveries at once into a queue of one: one waits (and times out, 503), the other is
+    // refused as busy (429).
+    let tasks: Vec<_> = ["m-1", "m-2"]
+        .into_iter()
+        .map(|id| {
+            let endpoint = endpoint.clone();
+            let h = signed(id, b"{}");
+            tokio::spawn(async move { endpoint.receive(&h, b"{}").await })
+        })
+        .collect();
+    let mut busy = 0;
+    let mut timed_out = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(ReceiveError::Busy { max: 1 }) => busy += 1,
+            Err(ReceiveError::Unavailable(_)) => timed_out += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((busy, timed_out), (1, 1));
+    let big = vec![b' '; 65];
+    assert!(matches!(
+        endpoint.receive(&signed("m-3", &big), &big).await,
+        Err(ReceiveError::TooLarge { len: 65, max: 64 })
+    ));
+}

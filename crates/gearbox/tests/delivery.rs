@@ -1,7 +1,8 @@
 //! Webhooks out, through the real `gearbox serve`, against a local receiver that fails for a
 //! while: retries follow the backoff schedule, the circuit opens and closes again (seen in
 //! `/metrics`), a poison event goes to the DLQ with its error, `webhook-id` is stable across
-//! retries, and after deduplication on it the receiver has seen every event exactly once.
+//! retries, and after deduplication on it the receiver has seen every event exactly once. A
+//! target that keeps failing pauses its pipeline, which shows in its health until resumed.
 
 mod support;
 
@@ -143,12 +144,17 @@ pipelines:
     assert!(
         metric(
             &text,
-            "gearbox_circuit_breaker_opened_total{pipeline=\"notify\"}"
+            "gearbox_circuit_breaker_transitions_total{pipeline=\"notify\",to=\"open\"}"
         )
         .unwrap()
             >= 1.0,
         "{text}"
     );
+    for to in ["half_open", "closed"] {
+        let name =
+            format!("gearbox_circuit_breaker_transitions_total{{pipeline=\"notify\",to=\"{to}\"}}");
+        assert!(metric(&text, &name).unwrap() >= 1.0, "{name}:\n{text}");
+    }
     assert!(saw_open, "the open state was visible in /metrics");
     assert_eq!(
         metric(&text, "gearbox_circuit_breaker_state{pipeline=\"notify\"}"),
@@ -201,4 +207,94 @@ pipelines:
         "{e}"
     );
     assert!(!attempts.contains_key("poison-1"));
+}
+
+#[test]
+fn a_target_that_keeps_failing_pauses_the_pipeline_until_resumed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Arc::new(Receiver::default());
+    receiver.failing.store(u32::MAX, SeqCst);
+    let url = rt.block_on(async {
+        let app = Router::new()
+            .route("/in", post(receive))
+            .with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/in")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gearbox.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+topics: [{{ name: orders }}]
+pipelines:
+  - name: notify
+    from: orders
+    sink: {{ http: {{ url: "{url}" }} }}
+    retry: {{ attempts_max: 100, initial_ms: 10, max_ms: 20, multiplier: 2.0 }}
+    breaker: {{ failures_max: 1000, open_ms: 100, half_open_probes: 1 }}
+    pause_after_failures: 4
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let (status, reply) = server.post_raw(
+        "/v1/topics/orders/events",
+        "application/cloudevents+json",
+        &[],
+        event("o-1", "shop", json!({})).to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, p) = server.get("/v1/pipelines/notify");
+        if p["health"] == json!("paused") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never paused: {p}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Paused means no more attempts.
+    let attempts = |r: &Receiver| r.attempts.lock().unwrap().get("o-1").map_or(0, Vec::len);
+    let at_pause = attempts(&receiver);
+    assert!(at_pause >= 4, "paused after {at_pause} attempts");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        attempts(&receiver) <= at_pause + 1,
+        "deliveries continued while paused"
+    );
+    let text = metrics(&server);
+    assert_eq!(
+        metric(
+            &text,
+            "gearbox_pipeline_health{pipeline=\"notify\",status=\"paused\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // The receiver recovers; resuming delivers the event.
+    receiver.failing.store(0, SeqCst);
+    let (status, p) = server.post("/v1/pipelines/notify/resume", &json!({}));
+    assert_eq!(status, 200, "{p}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !receiver
+        .accepted
+        .lock()
+        .unwrap()
+        .contains(&"o-1".to_string())
+    {
+        assert!(Instant::now() < deadline, "not delivered after resume");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, p) = server.get("/v1/pipelines/notify");
+    assert_eq!(p["health"], json!("ok"), "{p}");
 }
