@@ -39,6 +39,8 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("overloaded", 429),
     ("shutting_down", 503),
     ("webhook_signature_invalid", 401),
+    ("schema_violation", 422),
+    ("schema_required", 422),
     ("pipeline_not_found", 404),
     ("pipeline_unavailable", 503),
     ("internal", 500),
@@ -55,6 +57,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// What to do about it.
     pub hint: Option<String>,
+    /// Schema violations (`[{"pointer","message"}]`), for `schema_violation`.
+    pub violations: Option<Vec<(String, String)>>,
 }
 
 impl ApiError {
@@ -73,6 +77,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             hint: None,
+            violations: None,
         }
     }
 
@@ -120,6 +125,12 @@ impl IntoResponse for ApiError {
         }
         if let Some(h) = &self.hint {
             body["hint"] = json!(h);
+        }
+        if let Some(v) = &self.violations {
+            body["violations"] = v
+                .iter()
+                .map(|(pointer, message)| json!({"pointer": pointer, "message": message}))
+                .collect();
         }
         (self.status(), Json(body)).into_response()
     }
@@ -172,6 +183,30 @@ impl From<BrokerError> for ApiError {
                 .hint("restart the server to run recovery"),
             BrokerError::PartitionCorrupted(_) => ApiError::new("partition_corrupted", message)
                 .hint("see docs/durability.md, \"Corruption\""),
+            BrokerError::SchemaViolation {
+                index,
+                subject,
+                version,
+                violations,
+            } => {
+                let mut e = ApiError::new("schema_violation", message)
+                    .field(format!("events[{index}].data"))
+                    .hint(format!(
+                        "see GET /registry/subjects/{subject}/versions/{version}"
+                    ));
+                e.violations = Some(
+                    violations
+                        .into_iter()
+                        .map(|v| (v.pointer, v.message))
+                        .collect(),
+                );
+                e
+            }
+            BrokerError::SchemaRequired { index, subject } => {
+                ApiError::new("schema_required", message)
+                    .field(format!("events[{index}].type"))
+                    .hint(format!("register a schema under subject {subject}"))
+            }
             BrokerError::Internal(_) => ApiError::new("internal", message),
         }
     }

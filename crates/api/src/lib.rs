@@ -9,6 +9,7 @@
 
 pub mod error;
 mod pipelines;
+mod registry;
 
 use crate::error::ApiError;
 use axum::Router;
@@ -151,6 +152,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
         .route("/metrics", get(pipelines::metrics))
         .route("/hooks/{*path}", post(pipelines::hook))
+        .route(
+            "/v1/topics/{topic}/schema-policy",
+            get(registry::get_policy).put(registry::put_policy),
+        )
+        .nest("/registry", registry::routes())
         .fallback(|| async { ApiError::new("route_not_found", "no such route").field("path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new("method_not_allowed", "this route does not take that method")

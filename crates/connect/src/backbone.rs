@@ -41,6 +41,32 @@ impl From<BrokerError> for BackboneError {
                 index,
                 message: format!("event of {size} bytes is over the limit of {max}"),
             },
+            e @ BrokerError::SchemaViolation { index, .. } => {
+                let message = match &e {
+                    BrokerError::SchemaViolation { violations, .. } => format!(
+                        "{e}: {}",
+                        violations
+                            .iter()
+                            .map(|v| format!(
+                                "{} {}",
+                                if v.pointer.is_empty() {
+                                    "/"
+                                } else {
+                                    &v.pointer
+                                },
+                                v.message
+                            ))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    _ => e.to_string(),
+                };
+                BackboneError::Rejected { index, message }
+            }
+            e @ BrokerError::SchemaRequired { index, .. } => BackboneError::Rejected {
+                index,
+                message: e.to_string(),
+            },
             e @ (BrokerError::TopicNotFound(_)
             | BrokerError::SubscriptionNotFound { .. }
             | BrokerError::InvalidTopicName { .. }

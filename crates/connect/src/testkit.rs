@@ -523,7 +523,11 @@ pub async fn sink_suite<G: SinkGear>(gear: &mut G, dir: &Path) {
     );
     let text = metrics_text(&registry);
     assert!(
-        metric(&text, "gearbox_circuit_breaker_transitions_total{pipeline=\"conformance-sink\",to=\"open\"}", name) >= 1,
+        metric(
+            &text,
+            "gearbox_circuit_breaker_transitions_total{pipeline=\"conformance-sink\",to=\"open\"}",
+            name
+        ) >= 1,
         "conformance step \"breaker opens\":\n{text}"
     );
     // Replay: events published while the gear is down arrive once it is back.

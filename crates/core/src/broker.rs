@@ -15,6 +15,7 @@
 use crate::dedup::{self, DedupWindow, Position, Reservation};
 use crate::event::CloudEvent;
 use crate::partitioner::partition_for;
+use crate::registry::{Registry, Verdict};
 use crate::store::{self, Store, StoreError, Write};
 use crate::subscription::{CommitError, DeadLetter, Mode, Settings, Start, Subscription};
 use gearbox_log::batch::{BatchBuilder, RecordInput};
@@ -146,6 +147,26 @@ pub enum BrokerError {
         size: usize,
         /// The limit.
         max: usize,
+    },
+    /// An event's data does not match its subject's schema.
+    #[error("event {index}: data does not match schema {subject} version {version} ({} violations)", violations.len())]
+    SchemaViolation {
+        /// Index in the request.
+        index: usize,
+        /// The subject.
+        subject: String,
+        /// The version checked against.
+        version: u32,
+        /// Every violation.
+        violations: Vec<crate::registry::Violation>,
+    },
+    /// The topic requires a schema, and the event's type has none.
+    #[error("event {index}: topic requires a schema and subject {subject} has none")]
+    SchemaRequired {
+        /// Index in the request.
+        index: usize,
+        /// The subject that would apply.
+        subject: String,
     },
     /// An offset outside the partition.
     #[error("offset {requested} is outside [{log_start_offset}, {high_watermark}]")]
@@ -298,7 +319,8 @@ type SubKey = (String, String);
 #[derive(Debug)]
 pub struct Broker {
     log: Log,
-    store: Store,
+    store: Arc<Store>,
+    registry: Registry,
     clock: Arc<dyn Clock>,
     config: BrokerConfig,
     topics: RwLock<HashMap<String, Arc<TopicEntry>>>,
@@ -348,11 +370,14 @@ impl Broker {
             },
         )
         .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let store = Store::open(&data_dir.join("state.redb"))?;
+        let store = Arc::new(Store::open(&data_dir.join("state.redb"))?);
+        let registry =
+            Registry::open(store.clone()).map_err(|e| BrokerError::Internal(e.to_string()))?;
         let seed = clock.now_ms() as u64 | 1;
         let broker = Broker {
             log,
             store,
+            registry,
             clock,
             config,
             topics: RwLock::new(HashMap::new()),
@@ -666,6 +691,13 @@ impl Broker {
         events: &[CloudEvent],
     ) -> Result<Vec<Published>, BrokerError> {
         let entry = self.require(topic)?;
+        let validated;
+        let events = if self.registry.applies_to(topic) {
+            validated = self.validate(topic, events)?;
+            &validated[..]
+        } else {
+            events
+        };
         let now = self.clock.now_ms();
         let records: Vec<RecordInput> = events.iter().map(|e| e.to_record(now)).collect();
         for (index, r) in records.iter().enumerate() {
@@ -1212,6 +1244,49 @@ impl Broker {
         let published = self.publish(dlq.topic.name(), events)?;
         dlq.notify.notify_waiters();
         Ok(published)
+    }
+
+    /// The schema registry.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Validates every event's data against its subject (`<topic>-<type>`); all or nothing.
+    /// Returns the events with `schemaid` and `schemaversion` recorded on the validated ones.
+    fn validate(&self, topic: &str, events: &[CloudEvent]) -> Result<Vec<CloudEvent>, BrokerError> {
+        let mut out = Vec::with_capacity(events.len());
+        for (index, e) in events.iter().enumerate() {
+            let verdict =
+                self.registry
+                    .check(topic, &e.ty, e.dataschema.as_deref(), e.data.as_deref());
+            let mut e = e.clone();
+            match verdict {
+                Verdict::Unchecked => {}
+                Verdict::Valid { id, version, .. } => {
+                    e.extensions.insert("schemaid".into(), id.to_string());
+                    e.extensions
+                        .insert("schemaversion".into(), version.to_string());
+                }
+                Verdict::Invalid {
+                    subject,
+                    version,
+                    violations,
+                } => {
+                    return Err(BrokerError::SchemaViolation {
+                        index,
+                        subject,
+                        version,
+                        violations,
+                    });
+                }
+                Verdict::Unregistered { subject } => {
+                    return Err(BrokerError::SchemaRequired { index, subject });
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
     }
 
     /// A source's stored checkpoint (cursor or watermark), if any.

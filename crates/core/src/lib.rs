@@ -9,5 +9,6 @@ pub mod broker;
 pub mod dedup;
 pub mod event;
 pub mod partitioner;
+pub mod registry;
 pub mod store;
 pub mod subscription;

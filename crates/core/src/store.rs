@@ -18,6 +18,7 @@ const SUBSCRIPTIONS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("s
 const POSITIONS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("positions");
 const SLOTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("slots");
 const CHECKPOINTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("checkpoints");
+const REGISTRY: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("registry");
 
 /// Largest source checkpoint (a cursor or watermark) stored.
 pub const CHECKPOINT_BYTES_MAX: usize = 64 * 1024;
@@ -169,6 +170,7 @@ impl Store {
         txn.open_table(POSITIONS).map_err(err)?;
         txn.open_table(SLOTS).map_err(err)?;
         txn.open_table(CHECKPOINTS).map_err(err)?;
+        txn.open_table(REGISTRY).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -260,6 +262,43 @@ impl Store {
             .map_err(err)?
             .insert(name, value)
             .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    /// Every row of the schema registry's table (the registry keeps its own key scheme).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn registry_rows(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(REGISTRY).map_err(err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Writes (`Some`) and deletes (`None`) registry rows in one durable transaction.
+    ///
+    /// # Errors
+    /// [`StoreError`]; then nothing was applied.
+    pub fn registry_apply(&self, rows: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(REGISTRY).map_err(err)?;
+            for (key, value) in rows {
+                match value {
+                    Some(v) => {
+                        table.insert(key.as_str(), v.as_slice()).map_err(err)?;
+                    }
+                    None => {
+                        table.remove(key.as_str()).map_err(err)?;
+                    }
+                }
+            }
+        }
         txn.commit().map_err(err)
     }
 

@@ -187,7 +187,12 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status >= 400 {
-            let code = body["code"].as_str().unwrap_or("unknown");
+            // The registry answers in Confluent's shape, `{"error_code", "message"}`.
+            let registry_code = body["error_code"].as_u64().map(|c| c.to_string());
+            let code = body["code"]
+                .as_str()
+                .or(registry_code.as_deref())
+                .unwrap_or("unknown");
             let message = body["message"].as_str().unwrap_or("");
             let field = body["field"]
                 .as_str()

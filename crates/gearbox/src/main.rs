@@ -9,6 +9,7 @@ mod bench;
 mod client;
 mod config;
 mod pipelines;
+mod schemas;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,9 @@ enum Command {
     /// Inspect and redrive dead-lettered events.
     #[command(subcommand)]
     Dlq(client::DlqCommand),
+    /// Register, list, show and check schemas in the registry (`/registry`).
+    #[command(subcommand)]
+    Schemas(schemas::SchemasCommand),
     /// Check a gearbox.yaml, reporting every problem with its path in the file.
     Validate(pipelines::ValidateArgs),
     /// Run the tests embedded in a gearbox.yaml's pipelines.
@@ -78,6 +82,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Consume(args) => client::consume(&cli.server.server, args),
         Command::Replay(args) => client::replay(&cli.server.server, args),
         Command::Dlq(command) => client::dlq(&cli.server.server, command),
+        Command::Schemas(command) => schemas::run(&cli.server.server, command),
         Command::Validate(args) => pipelines::validate(args),
         Command::Test(args) => pipelines::test(args),
         Command::Bench(command) => bench::run(command),
@@ -92,4 +97,15 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks the command tree (unique argument names, valid defaults) only when a
+    /// command is parsed; this checks every verb at once.
+    #[test]
+    fn the_command_tree_is_valid() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -11,6 +11,11 @@
 //!   subscription and commits. It reports the latency from just before the POST to the moment the
 //!   poll returned the event, at p50, p99 and max.
 //!
+//! With `--schema` it also measures what validation at ingest costs: a 10-field JSON Schema is
+//! registered for one of two otherwise identical topics, and ingest of the same 10-field JSON
+//! events is measured on each in alternating rounds (plain, checked, plain, checked), reported
+//! side by side with the ratio.
+//!
 //! Both run on this 2-core machine with the server, so client CPU competes with the server's: the
 //! figures are for this box, not for the server alone.
 
@@ -65,7 +70,15 @@ pub struct HttpArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also measure ingest with a 10-field JSON Schema registered (validation at ingest).
+    #[arg(long)]
+    pub schema: bool,
 }
+
+/// The 10-field order schema of `--schema` (JSON Schema 2020-12).
+const ORDER_SCHEMA: &str = r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{"order_id":{"type":"string"},"customer":{"type":"string"},"total":{"type":"number","minimum":0},"currency":{"type":"string","enum":["EUR","USD"]},"items":{"type":"integer","minimum":1},"paid":{"type":"boolean"},"created":{"type":"string"},"channel":{"type":"string","maxLength":32},"coupon":{"type":["string","null"]},"note":{"type":"string"}},"required":["order_id","customer","total","currency"],"additionalProperties":false}"#;
+/// An order that matches it (about 230 bytes).
+const ORDER_DATA: &str = r#"{"order_id":"o-1001","customer":"c-7","total":42.5,"currency":"EUR","items":3,"paid":true,"created":"2026-11-23T10:00:00Z","channel":"web","coupon":null,"note":"leave at the door, ring twice please"}"#;
 
 struct ServerProcess(Child);
 
@@ -133,8 +146,11 @@ fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(ServerProcess, St
 
 /// A batch of `n` events as JSON text, formatted directly: the client shares the machine with
 /// the server, so it should spend as little CPU as a careful producer would.
-fn batch_body(ids: &mut u64, n: usize, data: &str, sent_ns: Option<u128>) -> String {
-    let mut out = String::with_capacity(n * (data.len() + 160) + 2);
+fn batch_body(ids: &mut u64, n: usize, data: &Data<'_>, sent_ns: Option<u128>) -> String {
+    let len = match data {
+        Data::Text(d) | Data::Json(d) => d.len(),
+    };
+    let mut out = String::with_capacity(n * (len + 160) + 2);
     out.push('[');
     for i in 0..n {
         *ids += 1;
@@ -144,13 +160,25 @@ fn batch_body(ids: &mut u64, n: usize, data: &str, sent_ns: Option<u128>) -> Str
         let sent = sent_ns
             .map(|ns| format!(r#","sentns":"{ns}""#))
             .unwrap_or_default();
-        out.push_str(&format!(
-            r#"{{"specversion":"1.0","id":"{}","source":"/bench","type":"bench.event","datacontenttype":"text/plain"{sent},"data":"{data}"}}"#,
-            ids
-        ));
+        match data {
+            Data::Text(data) => out.push_str(&format!(
+                r#"{{"specversion":"1.0","id":"{}","source":"/bench","type":"bench.event","datacontenttype":"text/plain"{sent},"data":"{data}"}}"#,
+                ids
+            )),
+            Data::Json(data) => out.push_str(&format!(
+                r#"{{"specversion":"1.0","id":"{}","source":"/bench","type":"bench.order","datacontenttype":"application/json"{sent},"data":{data}}}"#,
+                ids
+            )),
+        }
     }
     out.push(']');
     out
+}
+
+/// What an event carries: `--event-bytes` of text, or a JSON document.
+enum Data<'a> {
+    Text(&'a str),
+    Json(&'a str),
 }
 
 struct Throughput {
@@ -160,8 +188,13 @@ struct Throughput {
     latency: Histogram,
 }
 
-fn throughput(url: &str, args: &HttpArgs) -> anyhow::Result<Throughput> {
-    let events_url = format!("{url}/v1/topics/ingest/events");
+fn throughput(
+    url: &str,
+    args: &HttpArgs,
+    topic: &str,
+    json: Option<&'static str>,
+) -> anyhow::Result<Throughput> {
+    let events_url = format!("{url}/v1/topics/{topic}/events");
     let data = "x".repeat(args.event_bytes);
     let stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(AtomicU64::new(0));
@@ -179,6 +212,10 @@ fn throughput(url: &str, args: &HttpArgs) -> anyhow::Result<Throughput> {
                 let agent = agent();
                 let mut ids = (p as u64) << 40;
                 let (mut requests, mut hist) = (0u64, Histogram::new());
+                let data = match json {
+                    Some(j) => Data::Json(j),
+                    None => Data::Text(&data),
+                };
                 while !stop.load(Ordering::Relaxed) {
                     let body = batch_body(&mut ids, batch, &data, None);
                     let t = Instant::now();
@@ -301,7 +338,12 @@ fn latency(url: &str, args: &HttpArgs) -> anyhow::Result<Latency> {
     let end = Instant::now() + Duration::from_secs(args.seconds);
     let mut next_tick = Instant::now();
     while Instant::now() < end {
-        let body = batch_body(&mut ids, per_tick, &data, Some(base.elapsed().as_nanos()));
+        let body = batch_body(
+            &mut ids,
+            per_tick,
+            &Data::Text(&data),
+            Some(base.elapsed().as_nanos()),
+        );
         let (status, reply) = post(
             &a,
             &events_url,
@@ -324,6 +366,95 @@ fn latency(url: &str, args: &HttpArgs) -> anyhow::Result<Latency> {
         received,
         latency: hist,
     })
+}
+
+fn create_topic(a: &ureq::Agent, url: &str, name: &str, partitions: u32) -> anyhow::Result<()> {
+    let (status, reply) = post(
+        a,
+        &format!("{url}/v1/topics"),
+        "application/json",
+        json!({"name": name, "partitions": partitions})
+            .to_string()
+            .as_bytes(),
+    )?;
+    ensure!(
+        status == 201,
+        "creating topic {name} answered {status}: {reply}"
+    );
+    Ok(())
+}
+
+/// Ingest of the same JSON orders into a plain topic and into one whose event type has the
+/// 10-field schema registered, in alternating rounds.
+struct SchemaCost {
+    plain: Vec<f64>,
+    checked: Vec<f64>,
+}
+
+fn schema_cost(a: &ureq::Agent, url: &str, args: &HttpArgs) -> anyhow::Result<SchemaCost> {
+    for name in ["orders-plain", "orders-checked"] {
+        create_topic(a, url, name, args.partitions)?;
+    }
+    let (status, reply) = post(
+        a,
+        &format!("{url}/registry/subjects/orders-checked-bench.order/versions"),
+        "application/vnd.schemaregistry.v1+json",
+        json!({"schema": ORDER_SCHEMA, "schemaType": "JSON"})
+            .to_string()
+            .as_bytes(),
+    )?;
+    ensure!(
+        status == 200,
+        "registering the schema answered {status}: {reply}"
+    );
+    let mut out = SchemaCost {
+        plain: Vec::new(),
+        checked: Vec::new(),
+    };
+    for _ in 0..2 {
+        let t = throughput(url, args, "orders-plain", Some(ORDER_DATA))?;
+        out.plain.push(t.events as f64 / t.seconds);
+        let t = throughput(url, args, "orders-checked", Some(ORDER_DATA))?;
+        out.checked.push(t.events as f64 / t.seconds);
+    }
+    Ok(out)
+}
+
+fn report_schema_cost(c: &SchemaCost, args: &HttpArgs) {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (plain, checked) = (mean(&c.plain), mean(&c.checked));
+    let cost = (1.0 - checked / plain) * 100.0;
+    if args.json {
+        println!(
+            "{}",
+            json!({"schema": {"plain_events_per_s": c.plain, "checked_events_per_s": c.checked,
+                              "plain_mean": plain, "checked_mean": checked, "cost_percent": cost}})
+        );
+        return;
+    }
+    let rounds = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!();
+    println!(
+        "validation at ingest (10-field JSON Schema, {} producers x {} events/request, rounds alternate)",
+        args.producers, args.batch
+    );
+    println!(
+        "  without schema    {plain:>12.0} events/s  (rounds: {})",
+        rounds(&c.plain)
+    );
+    println!(
+        "  with schema       {checked:>12.0} events/s  (rounds: {})",
+        rounds(&c.checked)
+    );
+    println!(
+        "  ratio             {:>12.2}  (cost {cost:.1}% of throughput)",
+        checked / plain
+    );
 }
 
 /// Runs `gearbox bench http`.
@@ -350,22 +481,16 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
     let scratch = Scratch::create(args.dir.as_deref(), args.keep)?;
     let (server, url) = start_server(&scratch.path().join("data"))?;
     let a = agent();
-    for (name, partitions) in [("ingest", args.partitions), ("latency", args.partitions)] {
-        let (status, reply) = post(
-            &a,
-            &format!("{url}/v1/topics"),
-            "application/json",
-            json!({"name": name, "partitions": partitions})
-                .to_string()
-                .as_bytes(),
-        )?;
-        ensure!(
-            status == 201,
-            "creating topic {name} answered {status}: {reply}"
-        );
+    for name in ["ingest", "latency"] {
+        create_topic(&a, &url, name, args.partitions)?;
     }
-    let t = throughput(&url, args)?;
+    let t = throughput(&url, args, "ingest", None)?;
     let l = latency(&url, args)?;
+    let schema = if args.schema {
+        Some(schema_cost(&a, &url, args)?)
+    } else {
+        None
+    };
     drop(server);
     let events_s = t.events as f64 / t.seconds;
     let mb_s = events_s * args.event_bytes as f64 / 1e6;
@@ -382,6 +507,9 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
                             "max_ms": l.latency.quantile_ms(1.0)},
             })
         );
+        if let Some(c) = &schema {
+            report_schema_cost(c, args);
+        }
         return Ok(());
     }
     println!(
@@ -419,6 +547,9 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
         "  latency max       {:>12.2} ms",
         l.latency.quantile_ms(1.0)
     );
+    if let Some(c) = &schema {
+        report_schema_cost(c, args);
+    }
     ensure!(
         l.received == l.sent,
         "the consumer received {} of {} events",
