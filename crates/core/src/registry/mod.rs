@@ -863,6 +863,12 @@ impl Registry {
         if all_deleted {
             return Err(RegistryError::SubjectSoftDeleted(subject.into()));
         }
+        // A soft delete answers the versions it deleted now, as Confluent's does: the live ones.
+        let numbers: Vec<u32> = versions
+            .iter()
+            .filter(|v| !v.deleted)
+            .map(|v| v.version)
+            .collect();
         let rows: Vec<(String, Option<Vec<u8>>)> = versions
             .iter()
             .map(|v| {
