@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use gearbox_core::broker::{
     Broker, BrokerError, Delivery, READ_EVENTS_MAX, StoredEvent, SubscriptionInfo, TopicInfo,
 };
-use gearbox_core::event::{CloudEvent, media_essence};
+use gearbox_core::event::{CloudEvent, is_json_type, media_essence};
 use gearbox_core::subscription::Settings;
 use gearbox_log::Retention;
 use serde_json::{Value, json};
@@ -339,22 +339,39 @@ async fn delete_topic(State(s): Shared, Path(topic): Path<String>) -> ApiResult 
 }
 
 /// Which CloudEvents HTTP mode a request uses, from its `Content-Type`.
-fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, ApiError> {
+/// Events, and each one's `data` as parsed JSON where the request carried it as JSON (so schema
+/// validation need not parse it again).
+type Parsed = (Vec<CloudEvent>, Vec<Option<Value>>);
+
+/// Takes `data` out of a parsed event object when the event's stored data is exactly its JSON
+/// serialization (see `CloudEvent::from_json`).
+fn take_json_data(item: &mut Value, event: &CloudEvent) -> Option<Value> {
+    let obj = item.as_object_mut()?;
+    match obj.get("data") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(_)) if !is_json_type(event.datacontenttype.as_deref()) => None,
+        Some(_) => obj.remove("data"),
+    }
+}
+
+fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Parsed, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let essence = content_type.map(media_essence);
     match essence.as_deref() {
         Some("application/cloudevents+json") => {
-            let v = json_body(bytes)?;
+            let mut v = json_body(bytes)?;
             if !v.is_object() {
                 return Err(ApiError::new("malformed_json", "a structured event is a JSON object").field("body"));
             }
-            Ok(vec![CloudEvent::from_json(&v).map_err(|e| ApiError::from_event(&e, "", ""))?])
+            let event = CloudEvent::from_json(&v).map_err(|e| ApiError::from_event(&e, "", ""))?;
+            let data = take_json_data(&mut v, &event);
+            Ok((vec![event], vec![data]))
         }
         Some("application/cloudevents-batch+json") => {
             let v = json_body(bytes)?;
-            let Value::Array(items) = v else {
+            let Value::Array(mut items) = v else {
                 return Err(ApiError::new("malformed_json", "a batch is a JSON array of events").field("body"));
             };
             if items.is_empty() {
@@ -367,18 +384,19 @@ fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, Ap
                 )
                 .field("body"));
             }
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    if !item.is_object() {
-                        return Err(ApiError::new("malformed_json", format!("event {i} is not a JSON object"))
-                            .field(format!("events[{i}]")));
-                    }
-                    CloudEvent::from_json(item)
-                        .map_err(|e| ApiError::from_event(&e, &format!("events[{i}]."), &format!("event {i}: ")))
-                })
-                .collect()
+            let mut events = Vec::with_capacity(items.len());
+            let mut data = Vec::with_capacity(items.len());
+            for (i, item) in items.iter_mut().enumerate() {
+                if !item.is_object() {
+                    return Err(ApiError::new("malformed_json", format!("event {i} is not a JSON object"))
+                        .field(format!("events[{i}]")));
+                }
+                let event = CloudEvent::from_json(item)
+                    .map_err(|e| ApiError::from_event(&e, &format!("events[{i}]."), &format!("event {i}: ")))?;
+                data.push(take_json_data(item, &event));
+                events.push(event);
+            }
+            Ok((events, data))
         }
         Some(ct) if ct.starts_with("application/cloudevents") => Err(ApiError::new(
             "unsupported_media_type",
@@ -387,7 +405,7 @@ fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, Ap
         .field("content-type")),
         _ if headers.keys().any(|k| k.as_str().starts_with("ce-")) => {
             let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
-            Ok(vec![CloudEvent::from_http_binary(pairs, content_type, bytes).map_err(|e| ApiError::from_event(&e, "", ""))?])
+            Ok((vec![CloudEvent::from_http_binary(pairs, content_type, bytes).map_err(|e| ApiError::from_event(&e, "", ""))?], Vec::new()))
         }
         _ => Err(ApiError::new(
             "unsupported_media_type",
@@ -403,7 +421,7 @@ fn parse_events(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, Ap
 /// # Errors
 /// The [`ApiError`] the endpoint would reply with.
 pub fn parse_ingest(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<CloudEvent>, ApiError> {
-    parse_events(headers, bytes)
+    parse_events(headers, bytes).map(|(events, _)| events)
 }
 
 async fn publish(
@@ -418,9 +436,13 @@ async fn publish(
             "the server is shutting down",
         ));
     }
-    let events = parse_events(&headers, &body(raw)?)?;
+    let (events, data) = parse_events(&headers, &body(raw)?)?;
     let broker = s.broker.clone();
-    let results = blocking(move || broker.publish(&topic, &events)).await?;
+    let results = blocking(move || {
+        let parsed: Vec<Option<&Value>> = data.iter().map(Option::as_ref).collect();
+        broker.publish_parsed(&topic, &events, &parsed)
+    })
+    .await?;
     let results: Vec<Value> = results
         .iter()
         .map(|r| json!({"id": r.id, "partition": r.position.partition, "offset": r.position.offset, "duplicate": r.duplicate}))

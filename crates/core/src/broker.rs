@@ -15,7 +15,7 @@
 use crate::dedup::{self, DedupWindow, Position, Reservation};
 use crate::event::CloudEvent;
 use crate::partitioner::partition_for;
-use crate::registry::{Registry, Verdict};
+use crate::registry::{Registry, Target, Verdict};
 use crate::store::{self, Store, StoreError, Write};
 use crate::subscription::{CommitError, DeadLetter, Mode, Settings, Start, Subscription};
 use gearbox_log::batch::{BatchBuilder, RecordInput};
@@ -690,10 +690,25 @@ impl Broker {
         topic: &str,
         events: &[CloudEvent],
     ) -> Result<Vec<Published>, BrokerError> {
+        self.publish_parsed(topic, events, &[])
+    }
+
+    /// [`Broker::publish`], with each event's `data` already parsed where the caller has it
+    /// (`parsed[i]`, when present and `Some`, is event `i`'s data as JSON), so schema validation
+    /// does not parse it again.
+    ///
+    /// # Errors
+    /// As [`Broker::publish`].
+    pub fn publish_parsed(
+        &self,
+        topic: &str,
+        events: &[CloudEvent],
+        parsed: &[Option<&serde_json::Value>],
+    ) -> Result<Vec<Published>, BrokerError> {
         let entry = self.require(topic)?;
         let validated;
         let events = if self.registry.applies_to(topic) {
-            validated = self.validate(topic, events)?;
+            validated = self.validate(topic, events, parsed)?;
             &validated[..]
         } else {
             events
@@ -1254,12 +1269,23 @@ impl Broker {
 
     /// Validates every event's data against its subject (`<topic>-<type>`); all or nothing.
     /// Returns the events with `schemaid` and `schemaversion` recorded on the validated ones.
-    fn validate(&self, topic: &str, events: &[CloudEvent]) -> Result<Vec<CloudEvent>, BrokerError> {
+    fn validate(
+        &self,
+        topic: &str,
+        events: &[CloudEvent],
+        parsed: &[Option<&serde_json::Value>],
+    ) -> Result<Vec<CloudEvent>, BrokerError> {
         let mut out = Vec::with_capacity(events.len());
+        // One resolution per event type (and `dataschema`) of the request, not per event.
+        let mut targets: HashMap<(&str, Option<&str>), Target> = HashMap::new();
         for (index, e) in events.iter().enumerate() {
-            let verdict =
-                self.registry
-                    .check(topic, &e.ty, e.dataschema.as_deref(), e.data.as_deref());
+            let target = targets
+                .entry((e.ty.as_str(), e.dataschema.as_deref()))
+                .or_insert_with(|| self.registry.resolve(topic, &e.ty, e.dataschema.as_deref()));
+            let verdict = match parsed.get(index).copied().flatten() {
+                Some(v) => target.check_value(Some(v)),
+                None => target.check(e.data.as_deref()),
+            };
             let mut e = e.clone();
             match verdict {
                 Verdict::Unchecked => {}

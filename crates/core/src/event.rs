@@ -113,7 +113,9 @@ pub fn media_essence(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
-fn is_json_type(content_type: Option<&str>) -> bool {
+/// Whether a `datacontenttype` means JSON data (absent does: CloudEvents' JSON format default).
+#[must_use]
+pub fn is_json_type(content_type: Option<&str>) -> bool {
     content_type.is_none_or(|ct| {
         let essence = media_essence(ct);
         essence == "application/json" || essence == "text/json" || essence.ends_with("+json")

@@ -25,7 +25,7 @@ pub mod json;
 use crate::store::Store;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// Largest schema text accepted.
 pub const SCHEMA_BYTES_MAX: usize = 1 << 20;
@@ -332,7 +332,7 @@ impl Parsed {
 }
 
 /// A registered schema.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StoredSchema {
     /// Its global id.
     pub id: u64,
@@ -342,6 +342,7 @@ pub struct StoredSchema {
     pub text: String,
     canonical: String,
     parsed: Parsed,
+    compiled: OnceLock<Result<Compiled, SchemaError>>,
 }
 
 /// One version of a subject.
@@ -439,6 +440,7 @@ pub enum Verdict {
     },
 }
 
+#[derive(Debug)]
 enum Compiled {
     Avro(avro::Validator),
     Json(json::Validator),
@@ -457,7 +459,6 @@ impl Compiled {
 pub struct Registry {
     store: Arc<Store>,
     state: RwLock<State>,
-    validators: Mutex<HashMap<u64, Arc<Compiled>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -518,6 +519,7 @@ impl Registry {
                         canonical: parsed.canonical(),
                         text,
                         parsed,
+                        compiled: OnceLock::new(),
                     }),
                 );
             } else if let Some(rest) = key.strip_prefix("v/") {
@@ -554,7 +556,6 @@ impl Registry {
         Ok(Registry {
             store,
             state: RwLock::new(state),
-            validators: Mutex::new(HashMap::new()),
         })
     }
 
@@ -717,6 +718,7 @@ impl Registry {
                     text: text.to_string(),
                     canonical,
                     parsed,
+                    compiled: OnceLock::new(),
                 }),
             );
         }
@@ -1041,8 +1043,28 @@ impl Registry {
             .any(|(_, v)| v.iter().any(|x| !x.deleted))
     }
 
-    /// Validates one event's data against subject `<topic>-<type>`: its latest live version, or
-    /// the one `dataschema` names (a URI ending in `/versions/<n>` or `/schemas/ids/<id>`).
+    /// What validates events of `event_type` on `topic`: subject `<topic>-<type>` at its latest
+    /// live version, or at the version `dataschema` names (a URI ending in `/versions/<n>` or
+    /// `/schemas/ids/<id>`). Resolve once per event type of a request, then
+    /// [`Target::check`] each event.
+    #[must_use]
+    pub fn resolve(&self, topic: &str, event_type: &str, dataschema: Option<&str>) -> Target {
+        let subject = format!("{topic}-{event_type}");
+        let s = self.read();
+        let named = dataschema.and_then(|d| named_version(&s, &subject, d));
+        let found = named.or_else(|| s.find_version(&subject, VersionRef::Latest, false).ok());
+        match found.and_then(|v| Some((v, s.schemas.get(&v.id)?.clone()))) {
+            Some((v, schema)) => Target::Schema {
+                subject,
+                version: v.version,
+                schema,
+            },
+            None if s.strict_topics.contains(topic) => Target::Unregistered { subject },
+            None => Target::Open,
+        }
+    }
+
+    /// Validates one event's data (see [`Registry::resolve`]).
     #[must_use]
     pub fn check(
         &self,
@@ -1051,40 +1073,83 @@ impl Registry {
         dataschema: Option<&str>,
         data: Option<&[u8]>,
     ) -> Verdict {
-        let subject = format!("{topic}-{event_type}");
-        let (version, schema) = {
-            let s = self.read();
-            let named = dataschema.and_then(|d| named_version(&s, &subject, d));
-            let found = named.or_else(|| s.find_version(&subject, VersionRef::Latest, false).ok());
-            let Some(v) = found else {
-                return if s.strict_topics.contains(topic) {
-                    Verdict::Unregistered { subject }
-                } else {
-                    Verdict::Unchecked
-                };
-            };
-            let Some(schema) = s.schemas.get(&v.id).cloned() else {
-                return Verdict::Unchecked;
-            };
-            (v, schema)
-        };
-        let value: Value = match data.map(serde_json::from_slice) {
-            Some(Ok(v)) => v,
-            None => Value::Null,
-            Some(Err(e)) => {
-                return Verdict::Invalid {
-                    subject,
-                    version: version.version,
-                    violations: vec![Violation {
-                        pointer: String::new(),
-                        message: format!("data is not JSON: {e}"),
-                    }],
+        self.resolve(topic, event_type, dataschema).check(data)
+    }
+}
+
+/// What an event type's events are validated against.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// No schema, and the topic is open.
+    Open,
+    /// No schema, and the topic is strict.
+    Unregistered {
+        /// The subject that would apply.
+        subject: String,
+    },
+    /// A schema version.
+    Schema {
+        /// The subject.
+        subject: String,
+        /// The version.
+        version: u32,
+        /// The schema, with its compiled validator.
+        schema: Arc<StoredSchema>,
+    },
+}
+
+impl Target {
+    /// Validates one event's data given as JSON bytes (absent data is `null`).
+    #[must_use]
+    pub fn check(&self, data: Option<&[u8]>) -> Verdict {
+        self.check_with(data, None)
+    }
+
+    /// Validates one event's data, already parsed (`None`: absent, which is `null`).
+    #[must_use]
+    pub fn check_value(&self, data: Option<&Value>) -> Verdict {
+        self.check_with(None, Some(data.unwrap_or(&Value::Null)))
+    }
+
+    fn check_with(&self, data: Option<&[u8]>, parsed: Option<&Value>) -> Verdict {
+        let (subject, version, schema) = match self {
+            Target::Open => return Verdict::Unchecked,
+            Target::Unregistered { subject } => {
+                return Verdict::Unregistered {
+                    subject: subject.clone(),
                 };
             }
+            Target::Schema {
+                subject,
+                version,
+                schema,
+            } => (subject, *version, schema),
         };
-        let validator = self.validator(&schema);
-        let violations = match validator {
-            Ok(v) => v.validate(&value),
+        let invalid = |violations| Verdict::Invalid {
+            subject: subject.clone(),
+            version,
+            violations,
+        };
+        let owned: Value;
+        let value: &Value = match (parsed, data.map(serde_json::from_slice::<Value>)) {
+            (Some(v), _) => v,
+            (None, None) => &Value::Null,
+            (None, Some(Ok(v))) => {
+                owned = v;
+                &owned
+            }
+            (None, Some(Err(e))) => {
+                return invalid(vec![Violation {
+                    pointer: String::new(),
+                    message: format!("data is not JSON: {e}"),
+                }]);
+            }
+        };
+        let violations = match schema.validator() {
+            // The fast path: most events are valid, and `is_valid` stops at the first problem
+            // without building messages.
+            Ok(Compiled::Json(v)) if v.is_valid(value) => Vec::new(),
+            Ok(v) => v.validate(value),
             Err(e) => vec![Violation {
                 pointer: String::new(),
                 message: format!("schema {} cannot validate: {e}", schema.id),
@@ -1092,33 +1157,26 @@ impl Registry {
         };
         if violations.is_empty() {
             Verdict::Valid {
-                subject,
+                subject: subject.clone(),
                 id: schema.id,
-                version: version.version,
+                version,
             }
         } else {
-            Verdict::Invalid {
-                subject,
-                version: version.version,
-                violations,
-            }
+            invalid(violations)
         }
     }
+}
 
-    fn validator(&self, schema: &StoredSchema) -> Result<Arc<Compiled>, SchemaError> {
-        let mut cache = self
-            .validators
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(v) = cache.get(&schema.id) {
-            return Ok(v.clone());
-        }
-        let compiled = Arc::new(match &schema.parsed {
-            Parsed::Avro(s) => Compiled::Avro(avro::Validator::new(s)),
-            Parsed::Json(s) => Compiled::Json(json::Validator::new(s)?),
-        });
-        cache.insert(schema.id, compiled.clone());
-        Ok(compiled)
+impl StoredSchema {
+    /// The compiled validator, built on first use and kept with the schema.
+    fn validator(&self) -> Result<&Compiled, SchemaError> {
+        self.compiled
+            .get_or_init(|| match &self.parsed {
+                Parsed::Avro(s) => Ok(Compiled::Avro(avro::Validator::new(s))),
+                Parsed::Json(s) => json::Validator::new(s).map(Compiled::Json),
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }
 
@@ -1134,4 +1192,224 @@ fn named_version(s: &State, subject: &str, dataschema: &str) -> Option<Version> 
         return live.into_iter().rev().find(|v| v.id == id);
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(dir: &std::path::Path) -> Registry {
+        let store = Arc::new(Store::open(&dir.join("state.redb")).unwrap());
+        Registry::open(store).unwrap()
+    }
+
+    /// A record with the given fields (each `(name, default)`; a default makes it optional for
+    /// readers).
+    fn record(fields: &[(&str, Option<i64>)]) -> String {
+        let fields: Vec<Value> = fields
+            .iter()
+            .map(|(name, default)| match default {
+                Some(d) => json!({"name": name, "type": "long", "default": d}),
+                None => json!({"name": name, "type": "long"}),
+            })
+            .collect();
+        json!({"type": "record", "name": "R", "fields": fields}).to_string()
+    }
+
+    #[test]
+    fn each_level_checks_the_right_versions_in_the_right_direction() {
+        // v1 {a}; v2 {a, b=0}; v3 {b=0}: v3 drops `a` (no default).
+        //   v3 reads v2 data: yes (a ignored). v3 reads v1 data: yes (b defaulted).
+        //   v2 reads v3 data: no (a missing, no default).
+        // v4 {a, c}: reads v3 data? no (a missing); v3 reads v4 data? yes.
+        let v1 = record(&[("a", None)]);
+        let v2 = record(&[("a", None), ("b", Some(0))]);
+        let v3 = record(&[("b", Some(0))]);
+        let v4 = record(&[("a", None), ("c", None)]);
+        // (level, schemas to register in order, which registrations succeed)
+        let cases: [(Compatibility, [&str; 4], [bool; 4]); 7] = [
+            (
+                Compatibility::None,
+                [&v1, &v2, &v3, &v4],
+                [true, true, true, true],
+            ),
+            (
+                Compatibility::Backward,
+                [&v1, &v2, &v3, &v4],
+                [true, true, true, false],
+            ),
+            (
+                Compatibility::Forward,
+                [&v1, &v2, &v3, &v4],
+                [true, true, false, true],
+            ),
+            (
+                Compatibility::Full,
+                [&v1, &v2, &v3, &v4],
+                [true, true, false, false],
+            ),
+            (
+                Compatibility::BackwardTransitive,
+                [&v1, &v2, &v3, &v4],
+                [true, true, true, false],
+            ),
+            (
+                Compatibility::ForwardTransitive,
+                [&v1, &v2, &v1, &v2],
+                [true, true, true, true],
+            ),
+            (
+                Compatibility::FullTransitive,
+                [&v1, &v2, &v4, &v3],
+                [true, true, false, false],
+            ),
+        ];
+        for (level, schemas, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let r = registry(dir.path());
+            r.set_level(Some("s"), level).unwrap();
+            for (i, (schema, ok)) in schemas.iter().zip(want).enumerate() {
+                let got = r.register("s", SchemaType::Avro, schema);
+                assert_eq!(got.is_ok(), ok, "{level:?} registration {i}: {got:?}");
+                if !ok {
+                    assert!(matches!(got, Err(RegistryError::Incompatible { .. })));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transitive_levels_check_every_earlier_version() {
+        // v2 adds b with a default; v3 drops the default. Against v2 alone (BACKWARD) v3 can
+        // read v2's data (b is there); against v1 too (BACKWARD_TRANSITIVE) it cannot.
+        let v1 = record(&[("a", None)]);
+        let v2 = record(&[("a", None), ("b", Some(0))]);
+        let v3 = record(&[("a", None), ("b", None)]);
+        for (level, ok) in [
+            (Compatibility::Backward, true),
+            (Compatibility::BackwardTransitive, false),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let r = registry(dir.path());
+            r.set_level(None, level).unwrap();
+            r.register("s", SchemaType::Avro, &v1).unwrap();
+            r.register("s", SchemaType::Avro, &v2).unwrap();
+            assert_eq!(
+                r.register("s", SchemaType::Avro, &v3).is_ok(),
+                ok,
+                "{level:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_are_global_reused_for_identical_schemas_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = record(&[("a", None)]);
+        let spaced = format!(" {v1} \n");
+        {
+            let r = registry(dir.path());
+            assert_eq!(r.register("s", SchemaType::Avro, &v1).unwrap(), (1, 1));
+            // The same schema (up to whitespace) under the subject: the same id and version.
+            assert_eq!(r.register("s", SchemaType::Avro, &spaced).unwrap(), (1, 1));
+            // Under another subject: the same id, that subject's version 1.
+            assert_eq!(r.register("t", SchemaType::Avro, &v1).unwrap(), (1, 1));
+            let v2 = record(&[("a", None), ("b", Some(1))]);
+            assert_eq!(r.register("s", SchemaType::Avro, &v2).unwrap(), (2, 2));
+            r.set_strict("orders", true).unwrap();
+            r.set_level(Some("t"), Compatibility::Full).unwrap();
+            assert_eq!(r.delete_version("s", VersionRef::Number(2), false), Ok(2));
+        }
+        let r = registry(dir.path());
+        assert_eq!(r.versions("s", false).unwrap(), vec![1]);
+        assert_eq!(r.versions("s", true).unwrap(), vec![1, 2]);
+        assert_eq!(r.schema(2).unwrap().id, 2);
+        assert!(r.strict("orders"));
+        assert_eq!(r.level(Some("t"), false), Ok(Compatibility::Full));
+        assert_eq!(r.usages(1), vec![("s".into(), 1), ("t".into(), 1)]);
+        // A version registered after a soft delete takes the next number.
+        let v3 = record(&[("a", None), ("c", Some(1))]);
+        assert_eq!(r.register("s", SchemaType::Avro, &v3).unwrap().1, 3);
+    }
+
+    #[test]
+    fn deletes_follow_confluents_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        r.register("s", SchemaType::Avro, &record(&[("a", None)]))
+            .unwrap();
+        assert_eq!(
+            r.delete_subject("s", true),
+            Err(RegistryError::SubjectNotSoftDeleted("s".into()))
+        );
+        assert_eq!(r.delete_subject("s", false), Ok(vec![1]));
+        assert_eq!(
+            r.delete_subject("s", false),
+            Err(RegistryError::SubjectSoftDeleted("s".into()))
+        );
+        assert_eq!(
+            r.versions("s", false),
+            Err(RegistryError::SubjectNotFound("s".into()))
+        );
+        assert_eq!(r.delete_subject("s", true), Ok(vec![1]));
+        assert!(r.subjects(true).is_empty());
+        let codes: Vec<(u32, u16)> = [
+            RegistryError::SubjectNotFound("x".into()),
+            RegistryError::SchemaNotFound,
+            RegistryError::Incompatible {
+                subject: "x".into(),
+                messages: vec![],
+            },
+            RegistryError::InvalidSchema("x".into()),
+        ]
+        .iter()
+        .map(|e| (e.code(), e.status()))
+        .collect();
+        assert_eq!(
+            codes,
+            vec![(40401, 404), (40403, 404), (409, 409), (42201, 422)]
+        );
+    }
+
+    #[test]
+    fn ingest_checks_against_the_latest_or_the_named_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let v1 = json!({"type": "object", "properties": {"n": {"type": "integer"}}}).to_string();
+        let v2 = json!({"type": "object", "properties": {"n": {"type": "number"}}}).to_string();
+        r.register("orders-o", SchemaType::Json, &v1).unwrap();
+        r.register("orders-o", SchemaType::Json, &v2).unwrap();
+        let half = br#"{"n": 1.5}"#;
+        assert!(matches!(
+            r.check("orders", "o", None, Some(half)),
+            Verdict::Valid { version: 2, .. }
+        ));
+        match r.check(
+            "orders",
+            "o",
+            Some("/registry/subjects/orders-o/versions/1"),
+            Some(half),
+        ) {
+            Verdict::Invalid {
+                version: 1,
+                violations,
+                ..
+            } => assert_eq!(violations[0].pointer, "/n"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.check("orders", "o", None, Some(b"not json")),
+            Verdict::Invalid { .. }
+        ));
+        assert_eq!(r.check("orders", "other", None, None), Verdict::Unchecked);
+        r.set_strict("orders", true).unwrap();
+        assert_eq!(
+            r.check("orders", "other", None, None),
+            Verdict::Unregistered {
+                subject: "orders-other".into()
+            }
+        );
+        assert!(r.applies_to("orders"));
+        assert!(!r.applies_to("payments"));
+    }
 }
