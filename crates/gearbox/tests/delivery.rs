@@ -50,6 +50,19 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, _body: Byte
     StatusCode::OK
 }
 
+/// Serves `receiver` at `http://127.0.0.1:PORT/in` on `rt`; returns the URL.
+fn start_receiver(rt: &tokio::runtime::Runtime, receiver: &Arc<Receiver>) -> String {
+    rt.block_on(async {
+        let app = Router::new()
+            .route("/in", post(receive))
+            .with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/in")
+    })
+}
+
 fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -71,15 +84,7 @@ fn delivery_retries_on_schedule_opens_and_closes_the_circuit_and_delivers_once()
     let receiver = Arc::new(Receiver::default());
     // Fail the first 12 requests: enough to open the breaker (5 failures in a row) a few times.
     receiver.failing.store(12, SeqCst);
-    let url = rt.block_on(async {
-        let app = Router::new()
-            .route("/in", post(receive))
-            .with_state(receiver.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}/in")
-    });
+    let url = start_receiver(&rt, &receiver);
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gearbox.yaml");
@@ -214,15 +219,7 @@ fn a_target_that_keeps_failing_pauses_the_pipeline_until_resumed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let receiver = Arc::new(Receiver::default());
     receiver.failing.store(u32::MAX, SeqCst);
-    let url = rt.block_on(async {
-        let app = Router::new()
-            .route("/in", post(receive))
-            .with_state(receiver.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}/in")
-    });
+    let url = start_receiver(&rt, &receiver);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gearbox.yaml");
     std::fs::write(

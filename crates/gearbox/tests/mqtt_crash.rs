@@ -26,27 +26,10 @@ fn unique(what: &str) -> String {
 
 fn stored(server: &Server) -> BTreeMap<String, (usize, String)> {
     let mut out: BTreeMap<String, (usize, String)> = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let mut offset = 0;
-        loop {
-            let (status, body) = server.get(&format!(
-                "/v1/topics/{TOPIC}/partitions/{p}/events?offset={offset}&max=1000"
-            ));
-            assert_eq!(status, 200, "{body}");
-            let events = body["events"].as_array().cloned().unwrap_or_default();
-            if events.is_empty() {
-                break;
-            }
-            for e in &events {
-                let id = e["event"]["id"].as_str().unwrap().to_string();
-                let key = e["event"]["partitionkey"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                out.entry(id).or_insert((0, key)).0 += 1;
-            }
-            offset = body["next_offset"].as_u64().unwrap();
-        }
+    for e in server.all_events(TOPIC, PARTITIONS) {
+        let id = e["id"].as_str().unwrap().to_string();
+        let key = e["partitionkey"].as_str().unwrap_or("").to_string();
+        out.entry(id).or_insert((0, key)).0 += 1;
     }
     out
 }

@@ -21,23 +21,9 @@ const PARTITIONS: u32 = 3;
 /// Every event id in the topic, with its count.
 fn topic_ids(server: &Server) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let mut offset = 0;
-        loop {
-            let (status, body) = server.get(&format!(
-                "/v1/topics/{TOPIC}/partitions/{p}/events?offset={offset}&max=1000"
-            ));
-            assert_eq!(status, 200, "{body}");
-            let events = body["events"].as_array().cloned().unwrap_or_default();
-            if events.is_empty() {
-                break;
-            }
-            for e in &events {
-                *out.entry(e["event"]["id"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
-            offset = body["next_offset"].as_u64().unwrap();
-        }
+    for e in server.all_events(TOPIC, PARTITIONS) {
+        *out.entry(e["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     out
 }

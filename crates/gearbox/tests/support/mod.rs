@@ -145,6 +145,28 @@ impl Server {
         )
     }
 
+    /// Every event of a topic's partitions `0..partitions`, read from offset 0 (the `event`
+    /// objects, in partition then offset order).
+    pub fn all_events(&self, topic: &str, partitions: u32) -> Vec<Value> {
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            let mut offset = 0;
+            loop {
+                let (status, body) = self.get(&format!(
+                    "/v1/topics/{topic}/partitions/{p}/events?offset={offset}&max=1000"
+                ));
+                assert_eq!(status, 200, "{body}");
+                let events = body["events"].as_array().cloned().unwrap_or_default();
+                if events.is_empty() {
+                    break;
+                }
+                out.extend(events.into_iter().map(|e| e["event"].clone()));
+                offset = body["next_offset"].as_u64().unwrap();
+            }
+        }
+        out
+    }
+
     /// POST a JSON value.
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, "application/json", &[], body.to_string().as_bytes())
