@@ -29,7 +29,6 @@ use gearbox_log::Retention;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// Largest request body.
@@ -40,7 +39,7 @@ pub const BATCH_EVENTS_MAX: usize = 10_000;
 /// before their bodies are read, so memory stays bounded (this times `BODY_BYTES_MAX`).
 pub const PUBLISH_IN_FLIGHT_MAX_DEFAULT: usize = 32;
 /// Longest a poll waits.
-pub const POLL_WAIT_MS_MAX: u64 = 30_000;
+pub const POLL_WAIT_MS_MAX: u64 = gearbox_connect::backbone::POLL_WAIT_MS_MAX;
 /// Default number of events a read or poll returns.
 const EVENTS_DEFAULT: usize = 100;
 
@@ -618,36 +617,19 @@ async fn poll(
         )
         .field("wait_ms"));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-    let notify = s.broker.watch(&topic)?;
-    let mut shutdown = s.shutdown.clone();
-    loop {
-        // Register for wake-ups before looking, so a publish in between is not missed.
-        let notified = notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let (broker, t, n) = (s.broker.clone(), topic.clone(), name.clone());
-        let (deliveries, next_due) = blocking(move || broker.poll(&t, &n, max)).await?;
-        let now = tokio::time::Instant::now();
-        if !deliveries.is_empty() || now >= deadline || *shutdown.borrow() {
-            return ok(
-                StatusCode::OK,
-                json!({"events": deliveries.iter().map(delivery_json).collect::<Vec<_>>()}),
-            );
-        }
-        let mut wake = deadline;
-        if let Some(due) = next_due {
-            let in_ms = due
-                .saturating_sub(chrono::Utc::now().timestamp_millis())
-                .max(0) as u64;
-            wake = wake.min(now + Duration::from_millis(in_ms));
-        }
-        tokio::select! {
-            () = &mut notified => {}
-            () = tokio::time::sleep_until(wake) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
+    let deliveries = gearbox_connect::backbone::long_poll(
+        &s.broker,
+        &topic,
+        &name,
+        max,
+        wait_ms,
+        Some(s.shutdown.clone()),
+    )
+    .await?;
+    ok(
+        StatusCode::OK,
+        json!({"events": deliveries.iter().map(delivery_json).collect::<Vec<_>>()}),
+    )
 }
 
 fn items(v: &Value, key: &str) -> Result<Vec<(u32, u64)>, ApiError> {

@@ -11,6 +11,7 @@ use gearbox_core::subscription::Settings;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Longest long-poll wait a pipeline asks for.
 pub const POLL_WAIT_MS_MAX: u64 = 30_000;
@@ -144,6 +145,61 @@ pub trait Backbone: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BackboneError>> + Send;
 }
 
+/// Polls a subscription, waiting up to `wait_ms` (capped at [`POLL_WAIT_MS_MAX`]) for
+/// deliveries: woken by the topic's publishes, acks and nacks, and by the next retry coming due;
+/// it returns early, possibly empty, once `stop` turns true. The one long poll of the embedded
+/// log, used by [`Embedded::poll`] and by the HTTP API's `POST .../poll`.
+///
+/// # Errors
+/// Not found, wrong mode, or a storage error.
+pub async fn long_poll(
+    broker: &Arc<Broker>,
+    topic: &str,
+    name: &str,
+    max: usize,
+    wait_ms: u64,
+    mut stop: Option<watch::Receiver<bool>>,
+) -> Result<Vec<Delivery>, BrokerError> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(POLL_WAIT_MS_MAX));
+    let notify = broker.watch(topic)?;
+    loop {
+        // Register for wake-ups before looking, so a publish in between is not missed.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (b, t, n) = (broker.clone(), topic.to_string(), name.to_string());
+        let (deliveries, next_due) = tokio::task::spawn_blocking(move || b.poll(&t, &n, max))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("storage task failed: {e}")))??;
+        let now = tokio::time::Instant::now();
+        let stopped = stop.as_ref().is_some_and(|s| *s.borrow());
+        if !deliveries.is_empty() || now >= deadline || stopped {
+            return Ok(deliveries);
+        }
+        let mut wake = deadline;
+        if let Some(due) = next_due {
+            let in_ms = due
+                .saturating_sub(chrono::Utc::now().timestamp_millis())
+                .max(0) as u64;
+            wake = wake.min(now + Duration::from_millis(in_ms));
+        }
+        let stopping = async {
+            match stop.as_mut() {
+                Some(s) => {
+                    let _ = s.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(wake) => {}
+            () = stopping => {}
+        }
+    }
+}
+
 /// The embedded backbone: Gearbox's own log, in this process.
 ///
 /// Its long polls do not watch for shutdown: the runtime drops a pipeline's poll when it stops.
@@ -232,32 +288,7 @@ impl Backbone for Embedded {
         max: usize,
         wait_ms: u64,
     ) -> Result<Vec<Delivery>, BackboneError> {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(POLL_WAIT_MS_MAX));
-        let notify = self.broker.watch(topic)?;
-        loop {
-            // Register for wake-ups before looking, so a publish in between is not missed.
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (t, n) = (topic.to_string(), name.to_string());
-            let (deliveries, next_due) = self.blocking(move |b| b.poll(&t, &n, max)).await?;
-            let now = tokio::time::Instant::now();
-            if !deliveries.is_empty() || now >= deadline {
-                return Ok(deliveries);
-            }
-            let mut wake = deadline;
-            if let Some(due) = next_due {
-                let in_ms = due
-                    .saturating_sub(chrono::Utc::now().timestamp_millis())
-                    .max(0) as u64;
-                wake = wake.min(now + Duration::from_millis(in_ms));
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(wake) => {}
-            }
-        }
+        Ok(long_poll(&self.broker, topic, name, max, wait_ms, None).await?)
     }
 
     async fn ack(

@@ -9,8 +9,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use support::Server;
 
 /// The `ok` lines the script prints, in order, one per check.
@@ -41,45 +39,18 @@ const CHECKS: &[&str] = &[
 
 #[test]
 fn confluent_schema_registry_client_works_against_the_registry() {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let repo = repo.canonicalize().unwrap_or(repo);
-    let python = repo.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} does not exist: run `.ci/python-env` first; it creates the virtualenv with \
-         confluent-kafka's SchemaRegistryClient, which this test drives",
-        python.display()
-    );
-    let script = repo.join("tests/python/schema_registry_client.py");
-
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"));
     let registry = format!("{}/registry", s.url);
 
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&registry)
-        .current_dir(&repo)
-        .output()
-        .unwrap_or_else(|e| panic!("running {} {}: {e}", python.display(), script.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    print!("{stdout}");
-    eprint!("{stderr}");
-    assert!(
-        out.status.success(),
-        "{} {registry} exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
-        script.display(),
-        out.status,
-        s.log_text()
-    );
+    let stdout = support::run_python("schema_registry_client.py", &[&registry], &s);
     let ok: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("ok "))
         .collect();
     assert_eq!(
         ok, CHECKS,
-        "the checks that passed are not the expected ones\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        "the checks that passed are not the expected ones\nstdout:\n{stdout}"
     );
     assert!(
         stdout.contains("every check passed"),

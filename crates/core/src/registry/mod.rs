@@ -674,7 +674,7 @@ impl Registry {
                 return Ok((existing.id, v.version));
             }
         }
-        let messages = Self::compatibility(&s, subject, &live, &parsed, s.level(subject));
+        let messages = Self::compatibility(&s, &live, &parsed, s.level(subject));
         if !messages.is_empty() {
             return Err(RegistryError::Incompatible {
                 subject: subject.into(),
@@ -736,12 +736,10 @@ impl Registry {
     /// What stops `parsed` being registered under `subject` at `level` (empty: nothing).
     fn compatibility(
         s: &State,
-        subject: &str,
         live: &[Version],
         parsed: &Parsed,
         level: Compatibility,
     ) -> Vec<String> {
-        let _ = subject;
         if level == Compatibility::None || live.is_empty() {
             return Vec::new();
         }
@@ -796,7 +794,7 @@ impl Registry {
             (Some(_), Compatibility::FullTransitive) => Compatibility::Full,
             (_, l) => l,
         };
-        Ok(Self::compatibility(&s, subject, &against, &parsed, level))
+        Ok(Self::compatibility(&s, &against, &parsed, level))
     }
 
     /// Finds the version of `subject` whose schema is `text`.

@@ -232,3 +232,37 @@ impl Drop for Server {
 pub fn event(id: &str, source: &str, data: Value) -> Value {
     serde_json::json!({"specversion": "1.0", "id": id, "source": source, "type": "test.event", "data": data})
 }
+
+/// Runs `tests/python/<script>` with the repository's `.venv` Python (made by `.ci/python-env`)
+/// and `args`, echoes its output, and asserts it exited 0 (printing the server's log if not).
+/// Returns its stdout.
+pub fn run_python(script: &str, args: &[&str], server: &Server) -> String {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = repo.canonicalize().unwrap_or(repo);
+    let python = repo.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} does not exist: run `.ci/python-env` first; it creates the virtualenv with the \
+         pinned Python clients (tests/python/requirements.txt) the tests drive",
+        python.display()
+    );
+    let script = repo.join("tests/python").join(script);
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .current_dir(&repo)
+        .output()
+        .unwrap_or_else(|e| panic!("running {} {}: {e}", python.display(), script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{} {args:?} exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+        script.display(),
+        out.status,
+        server.log_text()
+    );
+    stdout
+}
