@@ -1044,10 +1044,12 @@ impl Partition {
             .filter(|s| s.max_timestamp >= timestamp)
         {
             let mut visit = |h: &BatchHeader, cursor: &mut Cursor<'_>| -> Result<Walk, ScanError> {
+                // Verify before trusting the header: a flipped bit in `max_timestamp` would
+                // otherwise skip the batch that holds the answer and return a later offset.
+                let bytes = cursor.body(h)?;
                 if h.max_timestamp < timestamp || (h.last_offset() as u64) < plan.log_start {
                     return Ok(Walk::Skip);
                 }
-                let bytes = cursor.body(h)?;
                 let records = batch::decode(&bytes).map_err(|e| cursor.bad(e.to_string()))?;
                 found = records
                     .iter()

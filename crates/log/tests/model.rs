@@ -397,3 +397,36 @@ fn a_crash_under_never_keeps_a_prefix() {
         .collect();
     run(SyncMode::Never, &ops).unwrap();
 }
+
+#[test]
+fn a_time_lookup_never_skips_a_damaged_batch() {
+    // Found by `log_matches_model_under_always` in CI: the bit flip lands in the batch holding
+    // the first record at or after the target time; the lookup must not answer with the offset
+    // after that batch as if the damaged records were not there.
+    let append = |p, records, size, ts_back| Op::Append {
+        p,
+        records,
+        size,
+        ts_back,
+    };
+    let ops = vec![
+        append(0, 3, 297, 0),
+        append(1, 2, 0, 0),
+        append(0, 2, 63, 0),
+        append(1, 1, 0, 0),
+        Op::Retain { advance_ms: 31 },
+        append(0, 1, 37, 33),
+        append(0, 3, 49, 34),
+        append(0, 4, 211, 0),
+        Op::Retain { advance_ms: 182 },
+        append(0, 4, 18, 0),
+        append(0, 1, 0, 0),
+        Op::Corrupt {
+            p: 0,
+            pick: 0,
+            bit: 226_401_488,
+        },
+        Op::ReadTime { p: 0, back: 184 },
+    ];
+    run(SyncMode::Always, &ops).unwrap();
+}
