@@ -225,7 +225,7 @@ fn build_and_decode(data: &[u8]) {
             .map(|_| {
                 let n = usize::from(b.u8() % 16);
                 RecordHeader {
-                    key: String::from_utf8_lossy(b.take(n)).into_owned(),
+                    key: String::from_utf8_lossy(b.take(n)).into_owned().into(),
                     value: nullable(&mut b),
                 }
             })

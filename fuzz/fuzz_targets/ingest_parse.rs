@@ -10,7 +10,9 @@
 //!   RecordBatch, decoded, and read back with `from_record`, is equal to it;
 //! * its structured JSON form is a fixed point: parsing `to_json` and rendering again gives the
 //!   same JSON;
-//! * a rejection is an error with a stable code from the table and a non-empty message.
+//! * a rejection is an error with a stable code from the table and a non-empty message;
+//! * on a batch, the fast path (`crates/api/src/ingest.rs`) agrees with the reference parser:
+//!   wherever it accepts, the reference parser accepts too, with equal events and equal data.
 
 #![no_main]
 
@@ -57,6 +59,10 @@ fn one(data: &[u8]) {
         }
     }
     let body = input.rest();
+    if let (Some(fast), reference) = gearbox_api::batch_parsers(body) {
+        let reference = reference.expect("the reference parser accepts what the fast path accepts");
+        assert_eq!(fast, reference, "the fast batch parser agrees with the reference parser");
+    }
     match gearbox_api::parse_ingest(&headers, body) {
         Ok(events) => events.iter().for_each(check_event),
         Err(e) => {

@@ -382,7 +382,7 @@ pub fn mixed_batch(n: usize, ts: i64, tag: usize) -> Vec<u8> {
             value: (i % 5 != 4).then(|| vec![(tag + i) as u8; 10 + (i * 7) % 40]),
             headers: (0..i % 3)
                 .map(|h| RecordHeader {
-                    key: format!("h{h}"),
+                    key: format!("h{h}").into(),
                     value: (h % 2 == 0).then(|| vec![b'x'; h + 1]),
                 })
                 .collect(),

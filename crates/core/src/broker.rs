@@ -12,6 +12,7 @@
 //! Every method is synchronous and may block on `fdatasync`; async callers run them on a
 //! blocking thread.
 
+use crate::appenders::{Appenders, Pending};
 use crate::dedup::{self, DedupWindow, Position, Reservation};
 use crate::event::CloudEvent;
 use crate::partitioner::partition_for;
@@ -24,6 +25,7 @@ use gearbox_log::{
     AppendError, Log, LogOptions, Partition, PartitionConfig, ReadError, Retention, SyncMode,
     Topic, TopicConfig, TopicError, Unavailable,
 };
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -332,6 +334,8 @@ pub struct Broker {
     /// it must never wait for `admin` or a subscription.
     dlq_create: Mutex<()>,
     rng: Mutex<u64>,
+    /// Threads for the extra partition appends of a publish ([`crate::appenders`]).
+    appenders: Appenders,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -385,6 +389,8 @@ impl Broker {
             admin: Mutex::new(()),
             dlq_create: Mutex::new(()),
             rng: Mutex::new(seed),
+            appenders: Appenders::start()
+                .map_err(|e| BrokerError::Internal(format!("starting append threads: {e}")))?,
         };
         for topic in broker.log.topics() {
             let entry = broker.entry_for(topic)?;
@@ -436,7 +442,7 @@ impl Broker {
 
     /// Reads the last `dedup_window_events_max` records of each partition back into the window.
     fn rebuild_dedup(&self, topic: &Topic, dedup: &DedupWindow) -> Result<(), BrokerError> {
-        let mut found: Vec<(i64, String, Position)> = Vec::new();
+        let mut found: Vec<(i64, dedup::Key, Position)> = Vec::new();
         let window = self.config.dedup_window_events_max as u64;
         for (p, part) in topic.partitions().iter().enumerate() {
             let hw = part.high_watermark();
@@ -453,7 +459,7 @@ impl Broker {
                         partition: p as u32,
                         offset: r.offset as u64,
                     };
-                    found.push((r.timestamp, dedup::key(&event.source, &event.id), position));
+                    found.push((r.timestamp, dedup.key(&event.source, &event.id), position));
                 }
                 next = records.last().map_or(hw, |r| r.offset as u64 + 1);
             }
@@ -705,16 +711,57 @@ impl Broker {
         events: &[CloudEvent],
         parsed: &[Option<&serde_json::Value>],
     ) -> Result<Vec<Published>, BrokerError> {
+        self.publish_events(topic, Cow::Borrowed(events), parsed)
+    }
+
+    /// [`Broker::publish_parsed`] for a caller that gives the events up: their attributes and
+    /// data move into the stored records instead of being copied (the HTTP ingest path).
+    ///
+    /// # Errors
+    /// As [`Broker::publish`].
+    pub fn publish_owned(
+        &self,
+        topic: &str,
+        events: Vec<CloudEvent>,
+        parsed: &[Option<&serde_json::Value>],
+    ) -> Result<Vec<Published>, BrokerError> {
+        self.publish_events(topic, Cow::Owned(events), parsed)
+    }
+
+    fn publish_events(
+        &self,
+        topic: &str,
+        mut events: Cow<'_, [CloudEvent]>,
+        parsed: &[Option<&serde_json::Value>],
+    ) -> Result<Vec<Published>, BrokerError> {
         let entry = self.require(topic)?;
-        let validated;
-        let events = if self.registry.applies_to(topic) {
-            validated = self.validate(topic, events, parsed)?;
-            &validated[..]
-        } else {
-            events
-        };
+        if self.registry.applies_to(topic) {
+            let verdicts = self.validate(topic, &events, parsed)?;
+            for (e, verdict) in events.to_mut().iter_mut().zip(verdicts) {
+                if let Some((id, version)) = verdict {
+                    e.extensions.insert("schemaid".into(), id.to_string());
+                    e.extensions
+                        .insert("schemaversion".into(), version.to_string());
+                }
+            }
+        }
         let now = self.clock.now_ms();
-        let records: Vec<RecordInput> = events.iter().map(|e| e.to_record(now)).collect();
+        let partitions = entry.topic.partitions().len() as u32;
+        // Everything the publish needs from an event besides its record, taken before the
+        // events are turned into records.
+        let keys: Vec<dedup::Key> = events
+            .iter()
+            .map(|e| entry.dedup.key(&e.source, &e.id))
+            .collect();
+        let placement: Vec<u32> = events
+            .iter()
+            .map(|e| partition_for(e.partition_key().unwrap_or(&e.id).as_bytes(), partitions))
+            .collect();
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let records: Vec<RecordInput> = match events {
+            Cow::Borrowed(events) => events.iter().map(|e| e.to_record(now)).collect(),
+            Cow::Owned(events) => events.into_iter().map(|e| e.into_record(now)).collect(),
+        };
         for (index, r) in records.iter().enumerate() {
             let size = record_size(r);
             if size > EVENT_BYTES_MAX {
@@ -725,32 +772,21 @@ impl Broker {
                 });
             }
         }
-        let keys: Vec<String> = events
-            .iter()
-            .map(|e| dedup::key(&e.source, &e.id))
-            .collect();
         // A key repeated inside the request is a duplicate of its first occurrence.
-        let mut first: HashMap<&str, usize> = HashMap::new();
-        let unique: Vec<usize> = (0..events.len())
-            .filter(|&i| *first.entry(keys[i].as_str()).or_insert(i) == i)
+        let mut first: HashMap<&dedup::Key, usize, dedup::KeyHash> =
+            HashMap::with_capacity_and_hasher(keys.len(), dedup::KeyHash);
+        let unique: Vec<usize> = (0..ids.len())
+            .filter(|&i| *first.entry(&keys[i]).or_insert(i) == i)
             .collect();
-        let unique_keys: Vec<&str> = unique.iter().map(|&i| keys[i].as_str()).collect();
+        let unique_keys: Vec<&dedup::Key> = unique.iter().map(|&i| &keys[i]).collect();
         let reservations = entry.dedup.reserve(&unique_keys, now);
 
-        let partitions = entry.topic.partitions().len() as u32;
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        let mut positions: Vec<Option<(Position, bool)>> = vec![None; events.len()];
+        let mut positions: Vec<Option<(Position, bool)>> = vec![None; ids.len()];
         for (&i, reservation) in unique.iter().zip(&reservations) {
             match reservation {
                 Reservation::Duplicate(p) => positions[i] = Some((*p, true)),
-                Reservation::Reserved => {
-                    let e = &events[i];
-                    let key = e.partition_key().unwrap_or(&e.id);
-                    by_partition
-                        .entry(partition_for(key.as_bytes(), partitions))
-                        .or_default()
-                        .push(i);
-                }
+                Reservation::Reserved => by_partition.entry(placement[i]).or_default().push(i),
             }
         }
         let outcomes = self.append_groups(&entry, &by_partition, records);
@@ -766,11 +802,11 @@ impl Broker {
                             offset: base + k as u64,
                         };
                         positions[i] = Some((pos, false));
-                        stored.push((keys[i].as_str(), pos));
+                        stored.push((&keys[i], pos));
                     }
                 }
                 Err(e) => {
-                    released.extend(indexes.iter().map(|&i| keys[i].as_str()));
+                    released.extend(indexes.iter().map(|&i| &keys[i]));
                     failure.get_or_insert(e);
                 }
             }
@@ -783,14 +819,16 @@ impl Broker {
         if let Some(e) = failure {
             return Err(e);
         }
-        Ok((0..events.len())
-            .map(|i| {
-                let (position, duplicate) =
-                    positions[first[keys[i].as_str()]].expect("every event was placed");
+        Ok(ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let first = first[&keys[i]];
+                let (position, duplicate) = positions[first].expect("every event was placed");
                 Published {
-                    id: events[i].id.clone(),
+                    id,
                     position,
-                    duplicate: duplicate || first[keys[i].as_str()] != i,
+                    duplicate: duplicate || first != i,
                 }
             })
             .collect())
@@ -818,24 +856,33 @@ impl Broker {
                 )
             })
             .collect();
-        let append = |p: u32, records: Vec<RecordInput>| self.append_records(entry, p, records);
         if batches.len() <= 1 {
-            return batches.into_iter().map(|(p, r)| append(p, r)).collect();
-        }
-        std::thread::scope(|s| {
-            let handles: Vec<_> = batches
+            return batches
                 .into_iter()
-                .map(|(p, r)| s.spawn(move || append(p, r)))
+                .map(|(p, r)| self.append_records(entry, p, r))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(BrokerError::Internal("append thread panicked".into()))
-                    })
-                })
-                .collect()
-        })
+        }
+        // Encoded here, so that only the writes and syncs run on the extra threads, and the
+        // records are freed by the thread that allocated them (the allocator's fast path).
+        let encoded: Vec<(u32, Result<Vec<u8>, BrokerError>)> =
+            batches.into_iter().map(|(p, r)| (p, encode(r))).collect();
+        let mut encoded = encoded.into_iter();
+        // This thread appends the first batch itself; the pool appends the others meanwhile.
+        let (first_p, first_bytes) = encoded.next().expect("at least two batches");
+        let pending: Vec<Pending> = encoded
+            .map(|(p, bytes)| match self.partition(entry, p) {
+                Ok(part) => self
+                    .appenders
+                    .run(move || Ok(part.append(&bytes?)?.base_offset)),
+                Err(e) => Pending::Done(Err(e)),
+            })
+            .collect();
+        let first = self
+            .partition(entry, first_p)
+            .and_then(|part| Ok(part.append(&first_bytes?)?.base_offset));
+        std::iter::once(first)
+            .chain(pending.into_iter().map(Pending::wait))
+            .collect()
     }
 
     /// Appends `records` to partition `p` as one batch; returns its base offset.
@@ -845,13 +892,7 @@ impl Broker {
         p: u32,
         records: Vec<RecordInput>,
     ) -> Result<u64, BrokerError> {
-        let mut b = BatchBuilder::new();
-        for r in records {
-            b.push(r);
-        }
-        let bytes = b
-            .build()
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let bytes = encode(records)?;
         Ok(self.partition(entry, p)?.append(&bytes)?.base_offset)
     }
 
@@ -1268,13 +1309,14 @@ impl Broker {
     }
 
     /// Validates every event's data against its subject (`<topic>-<type>`); all or nothing.
-    /// Returns the events with `schemaid` and `schemaversion` recorded on the validated ones.
+    /// Returns, per event, the schema id and version to record on it (`schemaid` and
+    /// `schemaversion`) when it was validated.
     fn validate(
         &self,
         topic: &str,
         events: &[CloudEvent],
         parsed: &[Option<&serde_json::Value>],
-    ) -> Result<Vec<CloudEvent>, BrokerError> {
+    ) -> Result<Vec<Option<(u64, u32)>>, BrokerError> {
         let mut out = Vec::with_capacity(events.len());
         // One resolution per event type (and `dataschema`) of the request, not per event.
         let mut targets: HashMap<(&str, Option<&str>), Target> = HashMap::new();
@@ -1286,14 +1328,9 @@ impl Broker {
                 Some(v) => target.check_value(Some(v)),
                 None => target.check(e.data.as_deref()),
             };
-            let mut e = e.clone();
             match verdict {
-                Verdict::Unchecked => {}
-                Verdict::Valid { id, version, .. } => {
-                    e.extensions.insert("schemaid".into(), id.to_string());
-                    e.extensions
-                        .insert("schemaversion".into(), version.to_string());
-                }
+                Verdict::Unchecked => out.push(None),
+                Verdict::Valid { id, version, .. } => out.push(Some((id, version))),
                 Verdict::Invalid {
                     subject,
                     version,
@@ -1310,7 +1347,6 @@ impl Broker {
                     return Err(BrokerError::SchemaRequired { index, subject });
                 }
             }
-            out.push(e);
         }
         Ok(out)
     }
@@ -1601,6 +1637,15 @@ fn describe(t: &Topic) -> TopicInfo {
             })
             .collect(),
     }
+}
+
+/// `records` as one batch.
+fn encode(records: Vec<RecordInput>) -> Result<Vec<u8>, BrokerError> {
+    let mut b = BatchBuilder::new();
+    for r in records {
+        b.push(r);
+    }
+    b.build().map_err(|e| BrokerError::Internal(e.to_string()))
 }
 
 fn record_size(r: &RecordInput) -> usize {

@@ -13,6 +13,7 @@
 use base64::Engine as _;
 use gearbox_log::batch::{Record, RecordHeader, RecordInput};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The only CloudEvents version accepted.
@@ -116,9 +117,12 @@ pub fn media_essence(content_type: &str) -> String {
 /// Whether a `datacontenttype` means JSON data (absent does: CloudEvents' JSON format default).
 #[must_use]
 pub fn is_json_type(content_type: Option<&str>) -> bool {
+    // `media_essence` without its lower-cased copy: this runs for every ingested event.
     content_type.is_none_or(|ct| {
-        let essence = media_essence(ct);
-        essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+        let essence = ct.split(';').next().unwrap_or("").trim().as_bytes();
+        essence.eq_ignore_ascii_case(b"application/json")
+            || essence.eq_ignore_ascii_case(b"text/json")
+            || essence.len() >= 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
     })
 }
 
@@ -460,40 +464,56 @@ impl CloudEvent {
     /// arrival order; the event's own `time` stays in `ce_time`.
     #[must_use]
     pub fn to_record(&self, timestamp: i64) -> RecordInput {
-        let mut headers = Vec::with_capacity(6 + self.extensions.len());
-        let mut push = |key: &str, value: &str| {
+        self.clone().into_record(timestamp)
+    }
+
+    /// [`CloudEvent::to_record`], moving the attributes and data into the record instead of
+    /// copying them: at ingest that is one allocation per event instead of a dozen.
+    #[must_use]
+    pub fn into_record(self, timestamp: i64) -> RecordInput {
+        let CloudEvent {
+            id,
+            source,
+            ty,
+            specversion,
+            datacontenttype,
+            dataschema,
+            subject,
+            time,
+            mut extensions,
+            data,
+        } = self;
+        let key = extensions.remove(PARTITION_KEY).map(String::into_bytes);
+        let mut headers = Vec::with_capacity(8 + extensions.len());
+        let mut push = |key: Cow<'static, str>, value: String| {
             headers.push(RecordHeader {
-                key: key.to_string(),
-                value: Some(value.as_bytes().to_vec()),
+                key,
+                value: Some(value.into_bytes()),
             });
         };
-        push("ce_specversion", &self.specversion);
-        push("ce_id", &self.id);
-        push("ce_source", &self.source);
-        push("ce_type", &self.ty);
+        push("ce_specversion".into(), specversion);
+        push("ce_id".into(), id);
+        push("ce_source".into(), source);
+        push("ce_type".into(), ty);
         for (name, value) in [
-            ("ce_dataschema", &self.dataschema),
-            ("ce_subject", &self.subject),
-            ("ce_time", &self.time),
+            ("ce_dataschema", dataschema),
+            ("ce_subject", subject),
+            ("ce_time", time),
         ] {
             if let Some(v) = value {
-                push(name, v);
+                push(name.into(), v);
             }
         }
-        for (name, value) in self
-            .extensions
-            .iter()
-            .filter(|(n, _)| n.as_str() != PARTITION_KEY)
-        {
-            push(&format!("ce_{name}"), value);
+        for (name, value) in extensions {
+            push(format!("ce_{name}").into(), value);
         }
-        if let Some(ct) = &self.datacontenttype {
-            push("content-type", ct);
+        if let Some(ct) = datacontenttype {
+            push("content-type".into(), ct);
         }
         RecordInput {
             timestamp,
-            key: self.partition_key().map(|k| k.as_bytes().to_vec()),
-            value: self.data.clone(),
+            key,
+            value: data,
             headers,
         }
     }
@@ -612,6 +632,63 @@ mod tests {
         let back = through_record(&e);
         assert_eq!(back, e);
         assert_eq!(back.to_json(), input);
+    }
+
+    #[test]
+    fn json_types_are_recognised_whatever_their_case_and_parameters() {
+        for ct in [
+            None,
+            Some("application/json"),
+            Some(" Application/JSON ; charset=utf-8"),
+            Some("TEXT/json"),
+            Some("application/cloudevents+JSON"),
+            Some("+json"),
+        ] {
+            assert!(is_json_type(ct), "{ct:?}");
+        }
+        for ct in [
+            "text/plain",
+            "json",
+            "application/jsonx",
+            "application/x-json5",
+            "",
+        ] {
+            assert!(!is_json_type(Some(ct)), "{ct}");
+        }
+    }
+
+    #[test]
+    fn the_record_keeps_its_header_order_and_key() {
+        let e = CloudEvent::from_json(&json!({
+            "specversion": "1.0", "id": "e-1", "source": "/s", "type": "t", "subject": "x",
+            "time": "2026-11-23T08:00:00Z", "dataschema": "urn:d", "partitionkey": "pk",
+            "zeta": "z", "alpha": "a", "datacontenttype": "text/plain", "data": "hi"
+        }))
+        .unwrap();
+        let r = e.to_record(5);
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|h| (h.key.as_ref(), h.value.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("ce_specversion", &b"1.0"[..]),
+                ("ce_id", b"e-1"),
+                ("ce_source", b"/s"),
+                ("ce_type", b"t"),
+                ("ce_dataschema", b"urn:d"),
+                ("ce_subject", b"x"),
+                ("ce_time", b"2026-11-23T08:00:00Z"),
+                ("ce_alpha", b"a"),
+                ("ce_zeta", b"z"),
+                ("content-type", b"text/plain"),
+            ]
+        );
+        assert_eq!((r.timestamp, r.key.as_deref()), (5, Some(&b"pk"[..])));
+        assert_eq!(r.value.as_deref(), Some(&b"hi"[..]));
+        assert_eq!(e.into_record(5), r);
     }
 
     #[test]

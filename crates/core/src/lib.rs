@@ -5,6 +5,7 @@
 //! This crate knows nothing of HTTP or JSON DTOs (that is `gearbox-api`), and it never touches
 //! segment files: it reaches storage only through `gearbox-log`'s types.
 
+pub mod appenders;
 pub mod broker;
 pub mod dedup;
 pub mod event;

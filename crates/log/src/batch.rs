@@ -59,6 +59,7 @@
 //! * The decoder never panics on arbitrary input and never reserves memory for an element count
 //!   it has not seen backed by bytes in the slice; it is meant to be fuzzed.
 
+use std::borrow::Cow;
 use thiserror::Error;
 
 /// Size of the fixed batch header, including `recordsCount`.
@@ -427,8 +428,10 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
 /// A record header: a UTF-8 key and an optional byte value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// Header key; Kafka does not allow null keys.
-    pub key: String,
+    /// Header key; Kafka does not allow null keys. A `Cow` because the keys a producer writes are
+    /// mostly fixed names (`ce_id`, `content-type`, ...): encoding a record then allocates nothing
+    /// for them. Decoded keys are owned.
+    pub key: Cow<'static, str>,
     /// Header value; `None` is encoded as length -1.
     pub value: Option<Vec<u8>>,
 }
@@ -861,7 +864,8 @@ fn decode_record(
         };
         let key = std::str::from_utf8(key_bytes)
             .map_err(|_| body.fail(key_pos, "header key is not valid UTF-8"))?
-            .to_owned();
+            .to_owned()
+            .into();
         let value = body
             .nullable_bytes("header value length")?
             .map(<[u8]>::to_vec);
@@ -1060,7 +1064,7 @@ mod tests {
 
     fn header(key: &str, value: Option<&[u8]>) -> RecordHeader {
         RecordHeader {
-            key: key.to_owned(),
+            key: key.to_owned().into(),
             value: value.map(<[u8]>::to_vec),
         }
     }
