@@ -54,9 +54,9 @@ enum Command {
     Validate(pipelines::ValidateArgs),
     /// Run the tests embedded in a gearbox.yaml's pipelines.
     Test(pipelines::TestArgs),
-    /// Measure Gearbox against this machine (each benchmark measures its own baseline).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Measure Gearbox side by side with the disk and with peers (NATS JetStream, Redis
+    /// Streams), in one run and on one workload; or, with a subcommand, one detailed benchmark.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,7 +85,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Schemas(command) => schemas::run(&cli.server.server, command),
         Command::Validate(args) => pipelines::validate(args),
         Command::Test(args) => pipelines::test(args),
-        Command::Bench(command) => bench::run(command),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -19,13 +19,12 @@
 //! Both run on this 2-core machine with the server, so client CPU competes with the server's: the
 //! figures are for this box, not for the server alone.
 
-use crate::bench::Scratch;
-use crate::bench::hist::Histogram;
-use anyhow::{Context as _, bail, ensure};
+use super::Scratch;
+use super::hist::Histogram;
+use super::load::{self, E2e, Ingest, Producer, Workload};
+use anyhow::{Context as _, ensure};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest `--seconds` accepted.
@@ -55,6 +54,9 @@ pub struct HttpArgs {
     /// Bytes of data per event.
     #[arg(long, default_value_t = 256)]
     pub event_bytes: usize,
+    /// Distinct partition keys the events cycle through.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
     /// Events per second for the latency run.
     #[arg(long, default_value_t = 5000)]
     pub rate: u64,
@@ -80,7 +82,9 @@ const ORDER_SCHEMA: &str = r#"{"$schema":"https://json-schema.org/draft/2020-12/
 /// An order that matches it (about 230 bytes).
 const ORDER_DATA: &str = r#"{"order_id":"o-1001","customer":"c-7","total":42.5,"currency":"EUR","items":3,"paid":true,"created":"2026-11-23T10:00:00Z","channel":"web","coupon":null,"note":"leave at the door, ring twice please"}"#;
 
-struct ServerProcess(Child);
+/// A `gearbox serve` child process, killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess(Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -89,7 +93,8 @@ impl Drop for ServerProcess {
     }
 }
 
-fn agent() -> ureq::Agent {
+/// An HTTP client that returns error statuses as answers.
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
@@ -112,7 +117,26 @@ fn post(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(ServerProcess, String)> {
+/// POSTs a batch and expects 201. The reply (each event's position) is read, so the connection
+/// can be reused, but parsed only to report a failure: a producer that needs no positions
+/// should not spend the shared CPU on them.
+fn publish(agent: &ureq::Agent, url: &str, body: &[u8]) -> anyhow::Result<()> {
+    let mut resp = agent
+        .post(url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .send(body)?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string()?;
+    ensure!(status == 201, "publish answered {status}: {text}");
+    Ok(())
+}
+
+/// Starts `gearbox serve` (this binary) over `data_dir` on a free loopback port and waits until
+/// it is healthy; returns it and its base URL.
+///
+/// # Errors
+/// If it cannot start or does not become healthy within [`START_TIMEOUT`].
+pub fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(ServerProcess, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -144,35 +168,48 @@ fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(ServerProcess, St
     Ok((server, url))
 }
 
-/// A batch of `n` events as JSON text, formatted directly: the client shares the machine with
-/// the server, so it should spend as little CPU as a careful producer would.
-fn batch_body(ids: &mut u64, n: usize, data: &Data<'_>, sent_ns: Option<u128>) -> String {
-    let len = match data {
-        Data::Text(d) | Data::Json(d) => d.len(),
-    };
-    let mut out = String::with_capacity(n * (len + 160) + 2);
+/// Appends `n` events (`first`, `first + 1`, ...) to `out` as a JSON array, formatted directly:
+/// the client shares the machine with the server, so it should spend as little CPU as a careful
+/// producer would. Each event has the attributes of [`super::embedded::event`].
+fn batch_body(
+    out: &mut String,
+    w: &Workload,
+    first: u64,
+    n: usize,
+    data: &Data<'_>,
+    sent_ns: Option<u64>,
+) {
+    use std::fmt::Write as _;
+    out.clear();
     out.push('[');
-    for i in 0..n {
-        *ids += 1;
-        if i > 0 {
+    for seq in first..first + n as u64 {
+        if seq > first {
             out.push(',');
         }
-        let sent = sent_ns
-            .map(|ns| format!(r#","sentns":"{ns}""#))
-            .unwrap_or_default();
+        let _ = write!(
+            out,
+            r#"{{"specversion":"1.0","id":"{seq}","source":"/bench","partitionkey":"k{}""#,
+            seq % w.keys
+        );
+        if let Some(ns) = sent_ns {
+            let _ = write!(out, r#","sentns":"{ns}""#);
+        }
         match data {
-            Data::Text(data) => out.push_str(&format!(
-                r#"{{"specversion":"1.0","id":"{}","source":"/bench","type":"bench.event","datacontenttype":"text/plain"{sent},"data":"{data}"}}"#,
-                ids
-            )),
-            Data::Json(data) => out.push_str(&format!(
-                r#"{{"specversion":"1.0","id":"{}","source":"/bench","type":"bench.order","datacontenttype":"application/json"{sent},"data":{data}}}"#,
-                ids
-            )),
+            Data::Text(d) => {
+                let _ = write!(
+                    out,
+                    r#","type":"bench.event","datacontenttype":"text/plain","data":"{d}"}}"#
+                );
+            }
+            Data::Json(d) => {
+                let _ = write!(
+                    out,
+                    r#","type":"bench.order","datacontenttype":"application/json","data":{d}}}"#
+                );
+            }
         }
     }
     out.push(']');
-    out
 }
 
 /// What an event carries: `--event-bytes` of text, or a JSON document.
@@ -181,90 +218,37 @@ enum Data<'a> {
     Json(&'a str),
 }
 
-struct Throughput {
-    events: u64,
-    requests: u64,
-    seconds: f64,
-    latency: Histogram,
-}
-
-fn throughput(
-    url: &str,
-    args: &HttpArgs,
-    topic: &str,
-    json: Option<&'static str>,
-) -> anyhow::Result<Throughput> {
+/// Batched ingest of the workload into `topic` (which must exist), one connection per producer.
+///
+/// # Errors
+/// A request that fails or is answered with anything but 201.
+pub fn ingest(url: &str, w: &Workload, topic: &str, json: Option<&str>) -> anyhow::Result<Ingest> {
     let events_url = format!("{url}/v1/topics/{topic}/events");
-    let data = "x".repeat(args.event_bytes);
-    let stop = Arc::new(AtomicBool::new(false));
-    let events = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..args.producers)
-        .map(|p| {
-            let (url, data, stop, events) = (
-                events_url.clone(),
-                data.clone(),
-                stop.clone(),
-                events.clone(),
-            );
-            let batch = args.batch;
-            std::thread::spawn(move || -> anyhow::Result<(u64, Histogram)> {
-                let agent = agent();
-                let mut ids = (p as u64) << 40;
-                let (mut requests, mut hist) = (0u64, Histogram::new());
+    let text = w.data();
+    let producers: Vec<Producer<'_>> = (0..w.concurrency)
+        .map(|_| {
+            let (agent, events_url, text) = (agent(), &events_url, &text);
+            let mut body = String::new();
+            Box::new(move |first: u64, n: usize| {
                 let data = match json {
                     Some(j) => Data::Json(j),
-                    None => Data::Text(&data),
+                    None => Data::Text(text),
                 };
-                while !stop.load(Ordering::Relaxed) {
-                    let body = batch_body(&mut ids, batch, &data, None);
-                    let t = Instant::now();
-                    let (status, reply) = post(
-                        &agent,
-                        &url,
-                        "application/cloudevents-batch+json",
-                        body.as_bytes(),
-                    )?;
-                    if status != 201 {
-                        bail!("publish answered {status}: {reply}");
-                    }
-                    hist.record(t.elapsed());
-                    requests += 1;
-                    events.fetch_add(batch as u64, Ordering::Relaxed);
-                }
-                Ok((requests, hist))
-            })
+                batch_body(&mut body, w, first, n, &data, None);
+                publish(&agent, events_url, body.as_bytes())
+            }) as Producer<'_>
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(args.seconds));
-    stop.store(true, Ordering::Relaxed);
-    let mut out = Throughput {
-        events: 0,
-        requests: 0,
-        seconds: 0.0,
-        latency: Histogram::new(),
-    };
-    for h in handles {
-        let (requests, hist) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
-        out.requests += requests;
-        out.latency.merge(&hist);
-    }
-    out.seconds = start.elapsed().as_secs_f64();
-    out.events = events.load(Ordering::Relaxed);
-    Ok(out)
+    load::drive(w, producers)
 }
 
-struct Latency {
-    sent: u64,
-    received: u64,
-    latency: Histogram,
-}
-
-fn latency(url: &str, args: &HttpArgs) -> anyhow::Result<Latency> {
-    let base = Instant::now();
-    let per_tick = usize::try_from((args.rate * args.tick_ms / 1000).max(1))?;
+/// Produce-to-consume over HTTP: the paced producer POSTs batches to topic `latency` (which
+/// must exist); one consumer long-polls a cursor subscription (`wait_ms` 500) and commits after
+/// each poll.
+///
+/// # Errors
+/// A request that fails or is answered with an unexpected status.
+pub fn e2e(url: &str, w: &Workload) -> anyhow::Result<E2e> {
     let sub = format!("{url}/v1/topics/latency/subscriptions/bench");
     let a = agent();
     let mut resp = a
@@ -281,14 +265,15 @@ fn latency(url: &str, args: &HttpArgs) -> anyhow::Result<Latency> {
         resp.status()
     );
     let _ = resp.body_mut().read_to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let consumer = {
-        let (stop, sub) = (stop.clone(), sub.clone());
-        std::thread::spawn(move || -> anyhow::Result<(u64, Histogram)> {
+    let events_url = format!("{url}/v1/topics/latency/events");
+    let text = w.data();
+    let mut body = String::new();
+    load::produce_consume(
+        w,
+        |base, finish| {
             let agent = agent();
             let (mut received, mut hist) = (0u64, Histogram::new());
-            let mut idle_after_stop = 0;
-            while idle_after_stop < 2 {
+            while !finish.consumer_may_stop(received) {
                 let (status, reply) = post(
                     &agent,
                     &format!("{sub}/poll"),
@@ -298,18 +283,15 @@ fn latency(url: &str, args: &HttpArgs) -> anyhow::Result<Latency> {
                         .as_bytes(),
                 )?;
                 ensure!(status == 200, "poll answered {status}: {reply}");
-                let now = base.elapsed().as_nanos();
+                let now = load::nanos_since(base);
                 let events = reply["events"].as_array().cloned().unwrap_or_default();
-                if events.is_empty() && stop.load(Ordering::Relaxed) {
-                    idle_after_stop += 1;
-                }
                 let mut next = std::collections::BTreeMap::new();
                 for e in &events {
-                    let sent: u128 = e["event"]["sentns"]
+                    let sent: u64 = e["event"]["sentns"]
                         .as_str()
                         .and_then(|s| s.parse().ok())
-                        .unwrap_or(now);
-                    hist.record_ns(u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX));
+                        .context("an event without its send time")?;
+                    hist.record_ns(now.saturating_sub(sent));
                     received += 1;
                     let p = e["partition"].as_u64().unwrap_or(0);
                     let o = e["offset"].as_u64().unwrap_or(0) + 1;
@@ -320,55 +302,29 @@ fn latency(url: &str, args: &HttpArgs) -> anyhow::Result<Latency> {
                         .iter()
                         .map(|(p, o)| json!({"partition": p, "offset": o}))
                         .collect();
-                    post(
+                    let (status, reply) = post(
                         &agent,
                         &format!("{sub}/commit"),
                         "application/json",
                         json!({"offsets": offsets}).to_string().as_bytes(),
                     )?;
+                    ensure!(status < 300, "commit answered {status}: {reply}");
                 }
             }
             Ok((received, hist))
-        })
-    };
-    let events_url = format!("{url}/v1/topics/latency/events");
-    let data = "x".repeat(args.event_bytes);
-    let (mut ids, mut sent) = (0u64, 0u64);
-    let tick = Duration::from_millis(args.tick_ms);
-    let end = Instant::now() + Duration::from_secs(args.seconds);
-    let mut next_tick = Instant::now();
-    while Instant::now() < end {
-        let body = batch_body(
-            &mut ids,
-            per_tick,
-            &Data::Text(&data),
-            Some(base.elapsed().as_nanos()),
-        );
-        let (status, reply) = post(
-            &a,
-            &events_url,
-            "application/cloudevents-batch+json",
-            body.as_bytes(),
-        )?;
-        ensure!(status == 201, "publish answered {status}: {reply}");
-        sent += per_tick as u64;
-        next_tick += tick;
-        if let Some(wait) = next_tick.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let (received, hist) = consumer
-        .join()
-        .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
-    Ok(Latency {
-        sent,
-        received,
-        latency: hist,
-    })
+        },
+        |first, n, sent_ns| {
+            batch_body(&mut body, w, first, n, &Data::Text(&text), Some(sent_ns));
+            publish(&a, &events_url, body.as_bytes())
+        },
+    )
 }
 
-fn create_topic(a: &ureq::Agent, url: &str, name: &str, partitions: u32) -> anyhow::Result<()> {
+/// Creates a topic.
+///
+/// # Errors
+/// A failed request or any answer but 201.
+pub fn create_topic(a: &ureq::Agent, url: &str, name: &str, partitions: u32) -> anyhow::Result<()> {
     let (status, reply) = post(
         a,
         &format!("{url}/v1/topics"),
@@ -391,7 +347,12 @@ struct SchemaCost {
     checked: Vec<f64>,
 }
 
-fn schema_cost(a: &ureq::Agent, url: &str, args: &HttpArgs) -> anyhow::Result<SchemaCost> {
+fn schema_cost(
+    a: &ureq::Agent,
+    url: &str,
+    args: &HttpArgs,
+    w: &Workload,
+) -> anyhow::Result<SchemaCost> {
     for name in ["orders-plain", "orders-checked"] {
         create_topic(a, url, name, args.partitions)?;
     }
@@ -412,10 +373,10 @@ fn schema_cost(a: &ureq::Agent, url: &str, args: &HttpArgs) -> anyhow::Result<Sc
         checked: Vec::new(),
     };
     for _ in 0..2 {
-        let t = throughput(url, args, "orders-plain", Some(ORDER_DATA))?;
-        out.plain.push(t.events as f64 / t.seconds);
-        let t = throughput(url, args, "orders-checked", Some(ORDER_DATA))?;
-        out.checked.push(t.events as f64 / t.seconds);
+        out.plain
+            .push(ingest(url, w, "orders-plain", Some(ORDER_DATA))?.events_per_s());
+        out.checked
+            .push(ingest(url, w, "orders-checked", Some(ORDER_DATA))?.events_per_s());
     }
     Ok(out)
 }
@@ -484,15 +445,29 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
     for name in ["ingest", "latency"] {
         create_topic(&a, &url, name, args.partitions)?;
     }
-    let t = throughput(&url, args, "ingest", None)?;
-    let l = latency(&url, args)?;
+    // A time-bound run: the budget is unlimited and `seconds_max` ends it.
+    let w = Workload {
+        events: u64::MAX,
+        event_bytes: args.event_bytes,
+        batch: args.batch,
+        concurrency: args.producers,
+        keys: args.keys.max(1),
+        partitions: args.partitions,
+        rate: args.rate,
+        tick_ms: args.tick_ms,
+        e2e: Duration::from_secs(args.seconds),
+        seconds_max: Duration::from_secs(args.seconds),
+    };
+    let t = ingest(&url, &w, "ingest", None)?;
+    let l = e2e(&url, &w)?;
     let schema = if args.schema {
-        Some(schema_cost(&a, &url, args)?)
+        Some(schema_cost(&a, &url, args, &w)?)
     } else {
         None
     };
     drop(server);
-    let events_s = t.events as f64 / t.seconds;
+    let events_s = t.events_per_s();
+    let requests = t.latency.count();
     let mb_s = events_s * args.event_bytes as f64 / 1e6;
     if args.json {
         println!(
@@ -500,7 +475,7 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
             json!({
                 "throughput": {"producers": args.producers, "batch": args.batch, "event_bytes": args.event_bytes,
                                "partitions": args.partitions, "events": t.events, "seconds": t.seconds,
-                               "events_per_s": events_s, "payload_mb_per_s": mb_s, "requests": t.requests,
+                               "events_per_s": events_s, "payload_mb_per_s": mb_s, "requests": requests,
                                "request_p50_ms": t.latency.quantile_ms(0.5), "request_p99_ms": t.latency.quantile_ms(0.99)},
                 "latency": {"rate": args.rate, "tick_ms": args.tick_ms, "sent": l.sent, "received": l.received,
                             "p50_ms": l.latency.quantile_ms(0.5), "p99_ms": l.latency.quantile_ms(0.99),
@@ -523,7 +498,7 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
     );
     println!("  events/s          {events_s:>12.0}");
     println!("  payload MB/s      {mb_s:>12.1}");
-    println!("  requests          {:>12}", t.requests);
+    println!("  requests          {requests:>12}");
     println!(
         "  request p50 / p99 {:>8.2} / {:.2} ms",
         t.latency.quantile_ms(0.5),

@@ -8,10 +8,16 @@
 //! Shared pieces live here: a scratch directory that is always removed (unless `--keep`), the
 //! machine facts printed with every result, and small JSON helpers (no serde in this crate).
 
+mod chart;
 pub mod disk;
+mod embedded;
 pub mod hist;
 mod http;
+mod load;
 mod log;
+mod nats;
+mod redis;
+mod suite;
 pub mod traced;
 
 use anyhow::Context as _;
@@ -21,7 +27,17 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The benchmarks `gearbox bench` can run.
+/// `gearbox bench`: the suite of every target side by side, or one detailed benchmark.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    suite: suite::SuiteArgs,
+}
+
+/// The detailed benchmarks `gearbox bench` can run.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Durable append throughput of the log, as a percentage of the disk's own bandwidth.
@@ -44,14 +60,15 @@ pub enum BenchCommand {
     Http(http::HttpArgs),
 }
 
-/// Runs one benchmark.
+/// Runs the suite, or one benchmark.
 ///
 /// # Errors
 /// Any I/O or log error, or an invalid combination of options.
-pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Log(args) => log::run(args),
-        BenchCommand::Http(args) => http::run(args),
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    match &args.command {
+        None => suite::run(&args.suite),
+        Some(BenchCommand::Log(args)) => log::run(args),
+        Some(BenchCommand::Http(args)) => http::run(args),
     }
 }
 
