@@ -8,6 +8,8 @@ pub mod http_delivery;
 pub mod http_poll;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod registry;
 #[cfg(feature = "webhook")]
 pub mod webhook;
