@@ -5,9 +5,9 @@
 //! Architecture Invariant: pipelines never see segment files, partitions' internals or the state
 //! store; everything they need is here.
 
-use gearbox_core::broker::{Broker, BrokerError, Delivery, Published};
+use gearbox_core::broker::{Broker, BrokerError, Delivery, Published, StoredEvent};
 use gearbox_core::event::CloudEvent;
-use gearbox_core::subscription::Settings;
+use gearbox_core::subscription::{Settings, Start};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +132,26 @@ pub trait Backbone: Send + Sync + 'static {
         items: Vec<(u32, u64)>,
     ) -> impl Future<Output = Result<(), BackboneError>> + Send;
 
+    /// Where a reader that keeps its own positions starts on each partition of `topic`:
+    /// `(partition, offset)` for every partition, by `start`.
+    fn start_offsets(
+        &self,
+        topic: &str,
+        start: Start,
+    ) -> impl Future<Output = Result<Vec<(u32, u64)>, BackboneError>> + Send;
+
+    /// Reads up to `max` events in all from the given `(partition, offset)` positions, in offset
+    /// order per partition, waiting up to `wait_ms` (capped at [`POLL_WAIT_MS_MAX`]) for one. A
+    /// position below the partition's log start (retention deleted what it points at) reads from
+    /// the log start, and the read reports the gap in [`Read::skipped`].
+    fn read(
+        &self,
+        topic: &str,
+        from: Vec<(u32, u64)>,
+        max: usize,
+        wait_ms: u64,
+    ) -> impl Future<Output = Result<Read, BackboneError>> + Send;
+
     /// Returns deliveries for a retry after `retry_in_ms` (default: the subscription's backoff),
     /// or dead-letters them now with `reject`, recording `error`.
     fn nack(
@@ -143,6 +163,16 @@ pub trait Backbone: Send + Sync + 'static {
         reject: bool,
         error: String,
     ) -> impl Future<Output = Result<(), BackboneError>> + Send;
+}
+
+/// What [`Backbone::read`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Read {
+    /// The events, in offset order per partition.
+    pub events: Vec<StoredEvent>,
+    /// `(partition, from, to)`: positions below the log start, moved up to it; offsets `from` up
+    /// to `to` (excluded) were deleted by retention before they were read.
+    pub skipped: Vec<(u32, u64, u64)>,
 }
 
 /// Polls a subscription, waiting up to `wait_ms` (capped at [`POLL_WAIT_MS_MAX`]) for
@@ -302,6 +332,55 @@ impl Backbone for Embedded {
             .await
     }
 
+    async fn start_offsets(
+        &self,
+        topic: &str,
+        start: Start,
+    ) -> Result<Vec<(u32, u64)>, BackboneError> {
+        let topic = topic.to_string();
+        self.blocking(move |b| {
+            let info = b.describe_topic(&topic)?;
+            info.offsets
+                .iter()
+                .map(|p| {
+                    let offset = match start {
+                        Start::Earliest => p.log_start_offset,
+                        Start::Latest => p.high_watermark,
+                        Start::Time(ms) => b.offset_for_time(&topic, p.partition, ms)?,
+                    };
+                    Ok((p.partition, offset))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        from: Vec<(u32, u64)>,
+        max: usize,
+        wait_ms: u64,
+    ) -> Result<Read, BackboneError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(POLL_WAIT_MS_MAX));
+        let notify = self.broker.watch(topic).map_err(BackboneError::from)?;
+        loop {
+            // Registered before the read, so a publish between the read and the wait wakes it.
+            let woken = notify.notified();
+            let (t, from2) = (topic.to_string(), from.clone());
+            let read = self
+                .blocking(move |b| read_positions(b, &t, &from2, max))
+                .await?;
+            if !read.events.is_empty() || !read.skipped.is_empty() {
+                return Ok(read);
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return Ok(read);
+            }
+        }
+    }
+
     async fn nack(
         &self,
         topic: &str,
@@ -318,4 +397,34 @@ impl Backbone for Embedded {
         })
         .await
     }
+}
+
+/// One pass of [`Embedded::read`]: up to `max` events from the positions, shared out so that one
+/// busy partition cannot starve the others (each gets at least `max / positions`).
+fn read_positions(
+    broker: &Broker,
+    topic: &str,
+    from: &[(u32, u64)],
+    max: usize,
+) -> Result<Read, BrokerError> {
+    let mut out = Read::default();
+    let share = (max / from.len().max(1)).max(1);
+    for &(partition, offset) in from {
+        let room = max.saturating_sub(out.events.len()).min(share);
+        if room == 0 {
+            break;
+        }
+        let events = match broker.read(topic, partition, offset, room) {
+            Ok((events, _)) => events,
+            Err(BrokerError::OffsetOutOfRange {
+                log_start_offset, ..
+            }) if offset < log_start_offset => {
+                out.skipped.push((partition, offset, log_start_offset));
+                broker.read(topic, partition, log_start_offset, room)?.0
+            }
+            Err(e) => return Err(e),
+        };
+        out.events.extend(events);
+    }
+    Ok(out)
 }

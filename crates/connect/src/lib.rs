@@ -20,4 +20,5 @@ pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod testkit;
+pub mod topic;
 pub mod transform;

@@ -24,9 +24,11 @@ use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::metrics::{ComponentMetrics, Kind, Registry};
 use crate::ratelimit::{RateLimitConfig, RateLimiter};
 use crate::retry::{Retry, RetryConfig, jitter};
-use crate::sink::{Sink, SinkError, SinkRecord};
+use crate::sink::{Sink, SinkError, SinkRecord, TransactionalSink};
 use crate::source::{Landing, RecordOutcome, Source, SourceBatch, SourceError};
-use crate::transform::{Chain, Program, RunError};
+use crate::topic::Template;
+use crate::transform::{Chain, Program};
+use gearbox_core::broker::StoredEvent;
 use gearbox_core::event::CloudEvent;
 use gearbox_core::subscription::{Mode, Settings, Start};
 use serde_json::Value;
@@ -78,10 +80,12 @@ pub struct Route {
 pub struct SourcePipeline {
     /// Common settings.
     pub common: Common,
-    /// The default topic (and the topic whose DLQ gets rejected records).
-    pub to: String,
+    /// The default topic, or a template naming it from each event ([`crate::topic`]).
+    pub to: Template,
     /// Routes tried before `to`.
     pub routes: Vec<Route>,
+    /// The topic whose DLQ gets rejected records: `to` when that is a plain name.
+    pub dead_letter: String,
 }
 
 /// A topic → gear pipeline.
@@ -137,21 +141,21 @@ pub fn process(pipeline: &SourcePipeline, draft: Value) -> Vec<Output> {
                 "event",
                 &format!("not a valid CloudEvent: {e}"),
             ),
-            Ok(event) => match route(pipeline, &value) {
+            Ok(event) => match route(pipeline, &event, &value) {
                 Ok(topic) => Output::Event { topic, event },
-                Err(e) => dead(name, &value, "route", &e.to_string()),
+                Err(e) => dead(name, &value, "route", &e),
             },
         })
         .collect()
 }
 
-fn route(pipeline: &SourcePipeline, value: &Value) -> Result<String, RunError> {
+fn route(pipeline: &SourcePipeline, event: &CloudEvent, value: &Value) -> Result<String, String> {
     for r in &pipeline.routes {
-        if crate::transform::matches(&r.when, value)? {
+        if crate::transform::matches(&r.when, value).map_err(|e| e.to_string())? {
             return Ok(r.topic.clone());
         }
     }
-    Ok(pipeline.to.clone())
+    pipeline.to.render(event)
 }
 
 /// A dead letter for a record: the record itself when it is a valid CloudEvent, otherwise a
@@ -285,6 +289,28 @@ impl<B: Backbone> Runtime<B> {
     pub fn spawn_sink<K: Sink>(&mut self, pipeline: SinkPipeline, sink: K) {
         let metrics = self.metrics(&pipeline.common, Kind::Sink, sink.kind());
         let task = SinkTask {
+            backbone: self.backbone.clone(),
+            metrics,
+            stop: self.stop.subscribe(),
+            limiter: pipeline.common.rate_limit.map(RateLimiter::new),
+            pipeline,
+        };
+        self.tasks.spawn(async move {
+            let name = task.pipeline.common.name.clone();
+            (name, task.run(sink).await)
+        });
+    }
+
+    /// Starts a sink pipeline whose sink keeps its read positions at the gear, in the same
+    /// transaction as its writes ([`TransactionalSink`]): effectively-once, in offset order per
+    /// partition. `start` applies when the sink has no stored positions; `lock_ms` is unused.
+    pub fn spawn_transactional_sink<K: TransactionalSink>(
+        &mut self,
+        pipeline: SinkPipeline,
+        sink: K,
+    ) {
+        let metrics = self.metrics(&pipeline.common, Kind::Sink, sink.kind());
+        let task = TxSinkTask {
             backbone: self.backbone.clone(),
             metrics,
             stop: self.stop.subscribe(),
@@ -640,7 +666,22 @@ impl<B: Backbone> SourceTask<B> {
                         }
                         break;
                     }
-                    Err((index, message)) => {
+                    Err(Refused::Topic(message)) => {
+                        // A topic the template rendered that is not declared: its events are
+                        // dead-lettered; the pipeline goes on.
+                        let message = format!(
+                            "topic {topic:?} (from `to: {}`): {message}",
+                            self.pipeline.to
+                        );
+                        for (r, o) in items.drain(..) {
+                            let Output::Event { event, .. } = &outputs[r][o] else {
+                                unreachable!("only events are grouped by topic")
+                            };
+                            dead_letters.push((r, o, event.clone(), message.clone()));
+                        }
+                        break;
+                    }
+                    Err(Refused::Event(index, message)) => {
                         let (r, o) = items.remove(index);
                         let Output::Dead { event, error } = dead(
                             &self.pipeline.common.name,
@@ -660,7 +701,7 @@ impl<B: Backbone> SourceTask<B> {
         }
         if !dead_letters.is_empty() {
             let events: Vec<CloudEvent> = dead_letters.iter().map(|d| d.2.clone()).collect();
-            let to = self.pipeline.to.clone();
+            let to = self.pipeline.dead_letter.clone();
             self.with_retries("dead_letter", || {
                 self.backbone.publish_dead(&to, events.clone())
             })
@@ -680,28 +721,43 @@ impl<B: Backbone> SourceTask<B> {
             .collect())
     }
 
-    /// Like `with_retries`, but hands a rejection of one event back to the caller.
+    /// Like `with_retries`, but hands a rejection of one event back to the caller, and, when
+    /// `to` is a template, a topic that does not exist.
     async fn with_retries_keep_rejected<T, F, Fut>(
         &self,
         stage: &str,
         mut op: F,
-    ) -> Result<Result<T, (usize, String)>, Halt>
+    ) -> Result<Result<T, Refused>, Halt>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackboneError>>,
     {
+        let templated = !self.pipeline.to.is_literal();
         self.with_retries(stage, || {
             let fut = op();
             async move {
                 match fut.await {
                     Ok(v) => Ok(Ok(v)),
-                    Err(BackboneError::Rejected { index, message }) => Ok(Err((index, message))),
+                    Err(BackboneError::Rejected { index, message }) => {
+                        Ok(Err(Refused::Event(index, message)))
+                    }
+                    Err(BackboneError::NotFound(message)) if templated => {
+                        Ok(Err(Refused::Topic(message)))
+                    }
                     Err(e) => Err(e),
                 }
             }
         })
         .await
     }
+}
+
+/// What the backbone refused in a publish, short of failing the pipeline.
+enum Refused {
+    /// The event at this index, with the reason.
+    Event(usize, String),
+    /// The whole topic: it does not exist (only for topics a template rendered).
+    Topic(String),
 }
 
 /// A dead letter for an event too large to store keeps its attributes, not its data.
@@ -823,15 +879,10 @@ impl<B: Backbone> SinkTask<B> {
         let mut rejects: Vec<((u32, u64), String)> = Vec::new();
         for d in &deliveries {
             let at = (d.stored.partition, d.stored.offset);
-            match self
-                .pipeline
-                .common
-                .transforms
-                .run(d.stored.event.to_json())
-            {
+            match sink_records(&self.pipeline.common.transforms, &d.stored, d.attempt) {
                 Err(e) => {
                     self.metrics.error("transform", "rejected");
-                    rejects.push((at, format!("transform: {e}")));
+                    rejects.push((at, e));
                 }
                 Ok(values) if values.is_empty() => {
                     self.metrics.discarded(1);
@@ -839,22 +890,7 @@ impl<B: Backbone> SinkTask<B> {
                 }
                 Ok(values) => {
                     let start = records.len();
-                    let several = values.len() > 1;
-                    for (i, value) in values.into_iter().enumerate() {
-                        let id = if several {
-                            format!("{}#{i}", d.stored.event.id)
-                        } else {
-                            d.stored.event.id.clone()
-                        };
-                        records.push(SinkRecord {
-                            id,
-                            value,
-                            attempt: d.attempt,
-                            partition: at.0,
-                            offset: at.1,
-                            time_ms: event_time_ms(&d.stored.event),
-                        });
-                    }
+                    records.extend(values);
                     spans.push((at.0, at.1, start..records.len()));
                 }
             }
@@ -970,6 +1006,362 @@ impl<B: Backbone> SinkTask<B> {
         }
         failed
     }
+}
+
+struct TxSinkTask<B> {
+    backbone: Arc<B>,
+    pipeline: SinkPipeline,
+    metrics: Arc<ComponentMetrics>,
+    stop: watch::Receiver<bool>,
+    limiter: Option<RateLimiter>,
+}
+
+/// A call to a [`TransactionalSink`], retried as a whole.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Positions,
+    Apply(&'a [SinkRecord], &'a [(u32, u64)]),
+}
+
+enum Answer {
+    Positions(Vec<(u32, u64)>),
+    Applied,
+}
+
+impl Call<'_> {
+    async fn run<K: TransactionalSink>(self, sink: &mut K) -> Result<Answer, SinkError> {
+        match self {
+            Call::Positions => sink.positions().await.map(Answer::Positions),
+            Call::Apply(records, at) => sink.apply(records, at).await.map(|()| Answer::Applied),
+        }
+    }
+}
+
+/// Why a transactional sink step ended early.
+enum TxHalt {
+    Stopped,
+    Failed(String),
+}
+
+impl<B: Backbone> TxSinkTask<B> {
+    async fn run<K: TransactionalSink>(mut self, mut sink: K) -> Exit {
+        match self.serve(&mut sink).await {
+            Ok(()) | Err(TxHalt::Stopped) => Exit::Stopped,
+            Err(TxHalt::Failed(e)) => {
+                self.metrics.fail(e.clone());
+                Exit::Failed(e)
+            }
+        }
+    }
+
+    async fn serve<K: TransactionalSink>(&mut self, sink: &mut K) -> Result<(), TxHalt> {
+        let name = self.pipeline.common.name.clone();
+        let from = self.pipeline.from.clone();
+        let mut breaker = Breaker::new(self.pipeline.common.breaker);
+        let Answer::Positions(stored) = self
+            .gear("positions", &mut breaker, sink, Call::Positions)
+            .await?
+        else {
+            unreachable!("a positions call answers positions")
+        };
+        let start = self
+            .backbone
+            .start_offsets(&from, self.pipeline.start)
+            .await
+            .map_err(|e| TxHalt::Failed(format!("start: {e}")))?;
+        let mut positions: BTreeMap<u32, u64> = start.into_iter().collect();
+        let fresh = stored.is_empty();
+        positions.extend(stored);
+        if fresh {
+            // Store where `start` put us before reading, so a restart resumes there and not at
+            // a `latest` that has moved on.
+            let at: Vec<(u32, u64)> = positions.iter().map(|(&p, &o)| (p, o)).collect();
+            self.gear("apply", &mut breaker, sink, Call::Apply(&[], &at))
+                .await?;
+        }
+        loop {
+            if *self.stop.borrow() {
+                return Err(TxHalt::Stopped);
+            }
+            if self.metrics.is_paused() {
+                if nap(PAUSE_CHECK_MS, &mut self.stop).await {
+                    return Err(TxHalt::Stopped);
+                }
+                continue;
+            }
+            let from_positions: Vec<(u32, u64)> = positions.iter().map(|(&p, &o)| (p, o)).collect();
+            let read = tokio::select! {
+                r = self.backbone.read(&from, from_positions, self.pipeline.common.batch_records_max, SINK_POLL_WAIT_MS) => r,
+                _ = self.stop.changed() => return Err(TxHalt::Stopped),
+            };
+            let read = match read {
+                Ok(r) => r,
+                Err(BackboneError::Unavailable(e)) => {
+                    self.metrics.error("read", "unavailable");
+                    tracing::warn!(pipeline = %name, error = %e, "reading the topic failed");
+                    if nap(self.pipeline.common.retry.initial_ms, &mut self.stop).await {
+                        return Err(TxHalt::Stopped);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(TxHalt::Failed(format!("read: {e}"))),
+            };
+            let mut next = positions.clone();
+            for &(partition, gap_from, gap_to) in &read.skipped {
+                self.metrics.error("read", "retention_gap");
+                tracing::error!(pipeline = %name, partition, from = gap_from, to = gap_to,
+                    "retention deleted events this sink had not applied; they are skipped");
+                next.insert(partition, gap_to);
+            }
+            if read.events.is_empty() && read.skipped.is_empty() {
+                continue;
+            }
+            self.metrics.received(read.events.len());
+            let mut records: Vec<SinkRecord> = Vec::new();
+            let mut dead: Vec<(&StoredEvent, String)> = Vec::new();
+            for e in &read.events {
+                next.insert(e.partition, e.offset + 1);
+                match sink_records(&self.pipeline.common.transforms, e, 1) {
+                    Err(error) => {
+                        self.metrics.error("transform", "rejected");
+                        dead.push((e, error));
+                    }
+                    Ok(rs) if rs.is_empty() => self.metrics.discarded(1),
+                    Ok(rs) => match rs.iter().find_map(|r| sink.check(r).err()) {
+                        Some(error) => {
+                            self.metrics.error("check", "permanent");
+                            dead.push((e, error));
+                        }
+                        None => records.extend(rs),
+                    },
+                }
+            }
+            self.dead_letter(&dead).await?;
+            let at: Vec<(u32, u64)> = next.iter().map(|(&p, &o)| (p, o)).collect();
+            if let Some(limiter) = &self.limiter
+                && !records.is_empty()
+            {
+                limiter.acquire().await;
+            }
+            match self.apply(sink, &mut breaker, &records, &at).await? {
+                Ok(()) => {}
+                Err(message) => {
+                    // Permanent: find the record(s) that cause it, one event at a time, each
+                    // committed with its own position so none is applied twice.
+                    tracing::warn!(pipeline = %name, error = %message,
+                        "a batch failed permanently; applying it one event at a time");
+                    let mut done = positions.clone();
+                    let mut i = 0;
+                    while i < records.len() {
+                        let (p, o) = (records[i].partition, records[i].offset);
+                        let j = records[i..]
+                            .iter()
+                            .position(|r| (r.partition, r.offset) != (p, o))
+                            .map_or(records.len(), |k| i + k);
+                        done.insert(p, o + 1);
+                        let at: Vec<(u32, u64)> = done.iter().map(|(&p, &o)| (p, o)).collect();
+                        if let Err(error) =
+                            self.apply(sink, &mut breaker, &records[i..j], &at).await?
+                        {
+                            self.metrics.error("write", "permanent");
+                            let event = read
+                                .events
+                                .iter()
+                                .find(|e| (e.partition, e.offset) == (p, o))
+                                .expect("every record comes from a read event");
+                            self.dead_letter(&[(event, error)]).await?;
+                            self.gear("apply", &mut breaker, sink, Call::Apply(&[], &at))
+                                .await?;
+                        } else {
+                            self.metrics.sent(j - i, now_ms());
+                        }
+                        i = j;
+                    }
+                    let at: Vec<(u32, u64)> = next.iter().map(|(&p, &o)| (p, o)).collect();
+                    self.gear("apply", &mut breaker, sink, Call::Apply(&[], &at))
+                        .await?;
+                    positions = next;
+                    continue;
+                }
+            }
+            self.metrics.sent(records.len(), now_ms());
+            positions = next;
+        }
+    }
+
+    /// Applies a batch, retrying transient failures with backoff (never giving the batch up:
+    /// order per partition must hold). `Ok(Err(message))` is a permanent failure.
+    async fn apply<K: TransactionalSink>(
+        &mut self,
+        sink: &mut K,
+        breaker: &mut Breaker,
+        records: &[SinkRecord],
+        at: &[(u32, u64)],
+    ) -> Result<Result<(), String>, TxHalt> {
+        let result = self
+            .gear_keep_permanent("write", breaker, sink, Call::Apply(records, at))
+            .await?;
+        Ok(result.map(drop))
+    }
+
+    /// Runs a gear call until it succeeds or fails permanently (then the pipeline fails).
+    async fn gear<K: TransactionalSink>(
+        &mut self,
+        stage: &str,
+        breaker: &mut Breaker,
+        sink: &mut K,
+        call: Call<'_>,
+    ) -> Result<Answer, TxHalt> {
+        match self.gear_keep_permanent(stage, breaker, sink, call).await? {
+            Ok(v) => Ok(v),
+            Err(message) => Err(TxHalt::Failed(format!("{stage}: {message}"))),
+        }
+    }
+
+    /// Runs a gear call, retrying transient failures with the pipeline's backoff (stretched by
+    /// the gear's `Retry-After` and the breaker), forever: an ordered sink cannot skip a batch.
+    /// Past `pause_after_failures` consecutive failures the pipeline pauses itself.
+    async fn gear_keep_permanent<K: TransactionalSink>(
+        &mut self,
+        stage: &str,
+        breaker: &mut Breaker,
+        sink: &mut K,
+        call: Call<'_>,
+    ) -> Result<Result<Answer, String>, TxHalt> {
+        let name = self.pipeline.common.name.clone();
+        let mut attempt: u32 = 0;
+        loop {
+            if let Permit::Rejected { retry_at_ms } = breaker.permit(now_ms()) {
+                self.metrics.breaker(breaker.state());
+                let wait = retry_at_ms.saturating_sub(now_ms()).max(1) as u64;
+                if nap(wait, &mut self.stop).await {
+                    return Err(TxHalt::Stopped);
+                }
+                continue;
+            }
+            let outcome = tokio::select! {
+                r = call.run(sink) => r,
+                _ = self.stop.changed() => return Err(TxHalt::Stopped),
+            };
+            match outcome {
+                Ok(v) => {
+                    breaker.success(now_ms());
+                    self.metrics.breaker(breaker.state());
+                    return Ok(Ok(v));
+                }
+                Err(SinkError::Permanent { message }) => {
+                    breaker.success(now_ms());
+                    self.metrics.breaker(breaker.state());
+                    return Ok(Err(message));
+                }
+                Err(SinkError::Transient {
+                    message,
+                    retry_after_ms,
+                }) => {
+                    breaker.failure(now_ms());
+                    self.metrics.breaker(breaker.state());
+                    self.metrics.error(stage, "transient");
+                    self.metrics.retry();
+                    attempt = attempt.saturating_add(1);
+                    if let Some(limit) = self.pipeline.pause_after_failures
+                        && attempt >= limit
+                    {
+                        tracing::error!(pipeline = %name, failures = attempt, error = %message,
+                            "sink keeps failing; pausing the pipeline");
+                        self.metrics.set_paused(true);
+                        while self.metrics.is_paused() {
+                            if nap(PAUSE_CHECK_MS, &mut self.stop).await {
+                                return Err(TxHalt::Stopped);
+                            }
+                        }
+                        attempt = 0;
+                        continue;
+                    }
+                    let wait = self
+                        .pipeline
+                        .common
+                        .retry
+                        .delay_ms(attempt, jitter())
+                        .max(retry_after_ms.unwrap_or(0))
+                        .min(crate::retry::RETRY_DELAY_MS_MAX);
+                    tracing::warn!(pipeline = %name, stage, error = %message, wait_ms = wait,
+                        "sink failed; retrying");
+                    if nap(wait, &mut self.stop).await {
+                        return Err(TxHalt::Stopped);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dead-letters events to the topic's DLQ, retrying while the backbone is unavailable.
+    async fn dead_letter(&mut self, dead: &[(&StoredEvent, String)]) -> Result<(), TxHalt> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let name = self.pipeline.common.name.clone();
+        let events: Vec<CloudEvent> = dead
+            .iter()
+            .map(
+                |(e, error)| match self::dead(&name, &e.event.to_json(), "sink", error) {
+                    Output::Dead { event, .. } => event,
+                    Output::Event { .. } => unreachable!("dead() builds a dead letter"),
+                },
+            )
+            .collect();
+        loop {
+            match self
+                .backbone
+                .publish_dead(&self.pipeline.from, events.clone())
+                .await
+            {
+                Ok(()) => {
+                    self.metrics.dead_lettered(events.len());
+                    return Ok(());
+                }
+                Err(BackboneError::Unavailable(e)) => {
+                    self.metrics.error("dead_letter", "unavailable");
+                    tracing::warn!(pipeline = %name, error = %e, "dead-lettering failed; retrying");
+                    if nap(self.pipeline.common.retry.initial_ms, &mut self.stop).await {
+                        return Err(TxHalt::Stopped);
+                    }
+                }
+                Err(e) => return Err(TxHalt::Failed(format!("dead_letter: {e}"))),
+            }
+        }
+    }
+}
+
+/// A topic event as sink records: one per transform output (none when the transforms filtered
+/// it out). Each keeps a stable id: the event id, with `#n` for the n-th of several outputs.
+///
+/// # Errors
+/// The transforms rejected the event (the message says why).
+fn sink_records(
+    transforms: &Chain,
+    stored: &StoredEvent,
+    attempt: u32,
+) -> Result<Vec<SinkRecord>, String> {
+    let values = transforms
+        .run(stored.event.to_json())
+        .map_err(|e| format!("transform: {e}"))?;
+    let several = values.len() > 1;
+    Ok(values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| SinkRecord {
+            id: if several {
+                format!("{}#{i}", stored.event.id)
+            } else {
+                stored.event.id.clone()
+            },
+            value,
+            attempt,
+            partition: stored.partition,
+            offset: stored.offset,
+            time_ms: event_time_ms(&stored.event),
+        })
+        .collect())
 }
 
 fn event_time_ms(e: &CloudEvent) -> Option<i64> {

@@ -70,3 +70,38 @@ pub trait Sink: Send + 'static {
         batch: &[SinkRecord],
     ) -> impl Future<Output = Vec<Result<(), SinkError>>> + Send;
 }
+
+/// A sink that keeps its own read positions at the gear, written in the same transaction as the
+/// rows they cover: effectively-once. A crash before the commit leaves both the rows and the
+/// positions as they were, so the batch is read and applied again; a crash after it leaves both,
+/// so the batch is not read again. Nothing is applied twice and nothing is skipped.
+///
+/// The runtime reads the topic from [`TransactionalSink::positions`] in offset order per
+/// partition (no queue subscription: there are no per-event acks to lose), transforms each event,
+/// dead-letters the ones [`TransactionalSink::check`] refuses or a transform rejects, and calls
+/// [`TransactionalSink::apply`] with the rest and the positions after the batch. A transient
+/// failure retries the same batch (so order per partition holds); a permanent one is narrowed
+/// down to the record that causes it by applying the batch one record at a time.
+pub trait TransactionalSink: Send + 'static {
+    /// The connector type, for metrics (`postgres_upsert`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// The positions stored at the gear: `(partition, next offset to apply)`. Empty before the
+    /// first batch.
+    fn positions(&mut self) -> impl Future<Output = Result<Vec<(u32, u64)>, SinkError>> + Send;
+
+    /// Whether a record can ever be applied (it has the fields the mapping needs, with usable
+    /// values). A refusal dead-letters the record with the message.
+    ///
+    /// # Errors
+    /// What is wrong, naming the field.
+    fn check(&self, record: &SinkRecord) -> Result<(), String>;
+
+    /// Applies `batch` and stores `positions`, all in one transaction. `batch` may be empty (only
+    /// positions move: the batch was all filtered out or dead-lettered).
+    fn apply(
+        &mut self,
+        batch: &[SinkRecord],
+        positions: &[(u32, u64)],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}

@@ -17,7 +17,7 @@
 //!
 //! Each check panics with a message naming the step, so a failing connector test says what broke.
 
-use crate::backbone::{Backbone, BackboneError, Embedded};
+use crate::backbone::{Backbone, BackboneError, Embedded, Read};
 use crate::breaker::BreakerConfig;
 use crate::metrics::Registry;
 use crate::retry::RetryConfig;
@@ -153,6 +153,24 @@ impl<B: Backbone> Backbone for Faulty<B> {
     ) -> impl Future<Output = Result<(), BackboneError>> + Send {
         self.inner
             .nack(topic, name, items, retry_in_ms, reject, error)
+    }
+
+    fn start_offsets(
+        &self,
+        topic: &str,
+        start: Start,
+    ) -> impl Future<Output = Result<Vec<(u32, u64)>, BackboneError>> + Send {
+        self.inner.start_offsets(topic, start)
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        from: Vec<(u32, u64)>,
+        max: usize,
+        wait_ms: u64,
+    ) -> impl Future<Output = Result<Read, BackboneError>> + Send {
+        self.inner.read(topic, from, max, wait_ms)
     }
 }
 
@@ -316,8 +334,9 @@ pub async fn source_suite<G: SourceGear>(gear: &mut G, dir: &Path) {
     let name = "conformance-source";
     let pipeline = SourcePipeline {
         common: common(name),
-        to: topic.into(),
+        to: crate::topic::Template::parse(topic).expect("a topic name is a template"),
         routes: Vec::new(),
+        dead_letter: topic.into(),
     };
     let log = open(dir, topic);
     let registry = Arc::new(Registry::default());

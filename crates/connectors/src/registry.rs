@@ -28,6 +28,9 @@ pub enum SinkDecl {
     /// Webhooks out.
     #[cfg(feature = "http")]
     Http(crate::http_delivery::HttpDeliveryConfig),
+    /// A Postgres table built by key, effectively-once.
+    #[cfg(feature = "postgres")]
+    PostgresUpsert(crate::postgres::upsert::UpsertConfig),
 }
 
 /// Every source type compiled in, for error messages.
@@ -44,6 +47,8 @@ pub const SOURCE_TYPES: &[&str] = &[
 pub const SINK_TYPES: &[&str] = &[
     #[cfg(feature = "http")]
     "http",
+    #[cfg(feature = "postgres")]
+    "postgres_upsert",
 ];
 
 impl SourceDecl {
@@ -81,7 +86,9 @@ impl SinkDecl {
         match self {
             #[cfg(feature = "http")]
             SinkDecl::Http(_) => "http",
-            #[cfg(not(feature = "http"))]
+            #[cfg(feature = "postgres")]
+            SinkDecl::PostgresUpsert(_) => "postgres_upsert",
+            #[cfg(not(any(feature = "http", feature = "postgres")))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -92,7 +99,9 @@ impl SinkDecl {
         match self {
             #[cfg(feature = "http")]
             SinkDecl::Http(c) => c.validate(),
-            #[cfg(not(feature = "http"))]
+            #[cfg(feature = "postgres")]
+            SinkDecl::PostgresUpsert(c) => c.validate(),
+            #[cfg(not(any(feature = "http", feature = "postgres")))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -165,7 +174,18 @@ pub fn start_sink<B: Backbone>(
             runtime.spawn_sink(pipeline, sink);
             Ok(())
         }
-        #[cfg(not(feature = "http"))]
+        #[cfg(feature = "postgres")]
+        SinkDecl::PostgresUpsert(c) => {
+            let sink = crate::postgres::upsert::PostgresUpsert::new(
+                c.clone(),
+                &pipeline.common.name,
+                &pipeline.from,
+            )
+            .map_err(BuildError)?;
+            runtime.spawn_transactional_sink(pipeline, sink);
+            Ok(())
+        }
+        #[cfg(not(any(feature = "http", feature = "postgres")))]
         _ => {
             let _ = (runtime, pipeline);
             unreachable!("no sink type is compiled in")

@@ -31,6 +31,7 @@ use gearbox_connect::retry::RetryConfig;
 use gearbox_connect::runtime::{
     BATCH_RECORDS_DEFAULT, BATCH_RECORDS_MAX, Common, Route, SinkPipeline, SourcePipeline,
 };
+use gearbox_connect::topic::Template;
 use gearbox_connect::transform::{Chain, Program};
 use gearbox_connectors::registry::{SINK_TYPES, SOURCE_TYPES, SinkDecl, SourceDecl};
 use gearbox_core::subscription::Start;
@@ -105,6 +106,8 @@ struct PipelineDecl {
     source: Option<Value>,
     #[serde(default)]
     to: Option<String>,
+    #[serde(default)]
+    dead_letter: Option<String>,
     #[serde(default)]
     routes: Vec<RouteDecl>,
     #[serde(default)]
@@ -491,7 +494,35 @@ fn pipeline(
                 );
                 return None;
             };
-            topic_known(&to, format!("{at}.to"), issues);
+            let to = match Template::parse(&to) {
+                Ok(t) => t,
+                Err(e) => {
+                    issue(issues, format!("{at}.to"), e.reason);
+                    return None;
+                }
+            };
+            // A plain `to` must be declared, and is where dead letters go unless `dead_letter`
+            // says otherwise; the topics a template renders are checked per event (an undeclared
+            // one dead-letters the event), so a template needs `dead_letter`.
+            if to.is_literal() {
+                topic_known(to.as_str(), format!("{at}.to"), issues);
+            }
+            let dead_letter = match (d.dead_letter, to.is_literal()) {
+                (Some(t), _) => {
+                    topic_known(&t, format!("{at}.dead_letter"), issues);
+                    t
+                }
+                (None, true) => to.as_str().to_owned(),
+                (None, false) => {
+                    issue(
+                        issues,
+                        format!("{at}.dead_letter"),
+                        "a `to` with placeholders needs `dead_letter: <topic>`, the declared \
+                         topic whose DLQ gets the events it cannot route",
+                    );
+                    return None;
+                }
+            };
             if d.routes.len() > ROUTES_MAX {
                 issue(
                     issues,
@@ -511,13 +542,18 @@ fn pipeline(
                 }
             }
             Pipeline::Source {
-                pipeline: SourcePipeline { common, to, routes },
+                pipeline: SourcePipeline {
+                    common,
+                    to,
+                    routes,
+                    dead_letter,
+                },
                 decl: Box::new(decl),
                 tests: d.tests,
             }
         }
         (None, Some(sink)) => {
-            if d.to.is_some() || !d.routes.is_empty() {
+            if d.to.is_some() || !d.routes.is_empty() || d.dead_letter.is_some() {
                 issue(
                     issues,
                     format!("{at}.to"),

@@ -1,1 +1,661 @@
-//! (being written)
+//! The upsert sink: builds a table from a topic by a business key, effectively-once.
+//!
+//! # Delivery contract
+//!
+//! It is a [`TransactionalSink`]: the runtime reads the topic in offset order per partition from
+//! the positions this sink stores in Postgres, and every batch is one transaction that upserts
+//! the rows *and* stores the positions after the batch (in `positions_table`, one row per sink,
+//! topic and partition). A crash before `COMMIT` leaves rows and positions as they were; a crash
+//! after it leaves both. So a batch is never lost and never applied twice, whatever the log
+//! delivers again (duplicates in the topic, a redelivery after a crash, a replay from offset 0
+//! are all just events).
+//!
+//! # The statement
+//!
+//! One round trip per batch. The batch goes as one `jsonb` array parameter, unpacked with
+//! `jsonb_to_recordset` into the table's own column types (read from the catalog at start), so
+//! Postgres does every conversion and a bad value is a data error naming the column:
+//!
+//! ```sql
+//! INSERT INTO silver.orders AS t (order_id, customer_id, amount_cents, event_time)
+//! SELECT order_id, customer_id, amount_cents, event_time
+//!   FROM jsonb_to_recordset($1::jsonb) AS r(order_id text, customer_id text, ...)
+//! ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, ...
+//!   WHERE t.event_time <= EXCLUDED.event_time   -- only with `version`
+//! ```
+//!
+//! `INSERT … ON CONFLICT` rather than `MERGE`: it needs a unique index on the key (which an
+//! upsert by key wants anyway), works on every supported Postgres, and is atomic against
+//! concurrent writers, which `MERGE` on 15 is not (it can fail with a unique violation when two
+//! sessions insert the same new key).
+//!
+//! Within a batch, rows are reduced to one per key first (the highest `version`, or the last in
+//! log order), because one `INSERT … ON CONFLICT` may not touch a row twice.
+//!
+//! # Late and out-of-order events
+//!
+//! With `version` naming a column (a timestamp or a counter), an event whose version is older
+//! than the row's does not overwrite it (`WHERE t.version <= EXCLUDED.version`; equal versions
+//! apply, so a replay rewrites the same values). Without it, the last event in log order wins.
+//! `update: []` makes the first write win (`DO NOTHING`), the seed's `MERGE … WHEN MATCHED`
+//! behaviour for its insert-only columns.
+//!
+//! # Failures
+//!
+//! Connection loss, serialization failures, deadlocks and server shutdowns are transient: the
+//! runtime retries the same batch with backoff, reconnecting first. Data errors (SQLSTATE
+//! classes 22, 23) and schema errors (42) are permanent: the runtime narrows the batch down to
+//! the event that causes it and dead-letters that event. An event missing a key field never
+//! reaches the database ([`TransactionalSink::check`]).
+
+use gearbox_connect::secret;
+use gearbox_connect::sink::{SinkError, SinkRecord, TransactionalSink};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use tokio_postgres::{Client, NoTls};
+
+/// Columns a mapping may name.
+pub const COLUMNS_MAX: usize = 256;
+/// Key columns.
+pub const KEY_COLUMNS_MAX: usize = 16;
+/// Default name of the positions table.
+pub const POSITIONS_TABLE_DEFAULT: &str = "gearbox_sink_positions";
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// The sink's section: `sink: {postgres_upsert: {...}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertConfig {
+    /// `postgres://user[:password]@host[:port]/database` (or a key=value connection string).
+    pub url: String,
+    /// The table, optionally schema-qualified (`silver.orders`).
+    pub table: String,
+    /// Column → where its value is in the event (after transforms): `id`, `time`, `type`,
+    /// `source`, `subject`, an extension, or a path into it such as `data.order_id`.
+    pub columns: BTreeMap<String, String>,
+    /// The business key: columns with a unique index over exactly them.
+    pub key: Vec<String>,
+    /// A column that orders versions of a row; an older event does not overwrite a newer row.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Columns updated when the key exists (default: every mapped non-key column; `[]`: the first
+    /// write wins).
+    #[serde(default)]
+    pub update: Option<Vec<String>>,
+    /// Where the positions are stored (created if missing).
+    #[serde(default)]
+    pub positions_table: Option<String>,
+}
+
+impl UpsertConfig {
+    /// Problems, as (field, reason).
+    #[must_use]
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut bad = |field: &str, reason: String| out.push((field.to_string(), reason));
+        if !secret::is_reference(&self.url)
+            && let Err(e) = self.url.parse::<tokio_postgres::Config>()
+        {
+            bad("url", format!("not a Postgres connection string: {e}"));
+        }
+        if let Err(e) = parse_table(&self.table) {
+            bad("table", e);
+        }
+        if self.columns.is_empty() || self.columns.len() > COLUMNS_MAX {
+            bad("columns", format!("map 1 to {COLUMNS_MAX} columns"));
+        }
+        for (column, path) in &self.columns {
+            if let Err(e) = ident(column) {
+                bad(&format!("columns.{column}"), e);
+            }
+            if let Err(e) = parse_path(path) {
+                bad(&format!("columns.{column}"), e);
+            }
+        }
+        if self.key.is_empty() || self.key.len() > KEY_COLUMNS_MAX {
+            bad("key", format!("name 1 to {KEY_COLUMNS_MAX} key columns"));
+        }
+        for (i, k) in self.key.iter().enumerate() {
+            if !self.columns.contains_key(k) {
+                bad(
+                    &format!("key[{i}]"),
+                    format!("{k:?} is not a mapped column"),
+                );
+            }
+        }
+        if let Some(v) = &self.version
+            && !self.columns.contains_key(v)
+        {
+            bad("version", format!("{v:?} is not a mapped column"));
+        }
+        for (i, c) in self.update.iter().flatten().enumerate() {
+            if !self.columns.contains_key(c) || self.key.contains(c) {
+                bad(
+                    &format!("update[{i}]"),
+                    format!("{c:?} is not a mapped non-key column"),
+                );
+            }
+        }
+        if let Some(t) = &self.positions_table
+            && let Err(e) = parse_table(t)
+        {
+            bad("positions_table", e);
+        }
+        out
+    }
+}
+
+/// The sink.
+pub struct PostgresUpsert {
+    config: UpsertConfig,
+    pg: tokio_postgres::Config,
+    /// This sink's name in the positions table (the pipeline name) and the topic it reads.
+    sink: String,
+    topic: String,
+    paths: Vec<(String, Vec<String>)>,
+    conn: Option<Conn>,
+}
+
+struct Conn {
+    client: Client,
+    upsert: String,
+    positions: String,
+}
+
+impl std::fmt::Debug for PostgresUpsert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresUpsert")
+            .field("table", &self.config.table)
+            .field("sink", &self.sink)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresUpsert {
+    /// A sink for pipeline `sink` reading `topic`.
+    ///
+    /// # Errors
+    /// The first problem [`UpsertConfig::validate`] finds, as `field: reason`.
+    pub fn new(config: UpsertConfig, sink: &str, topic: &str) -> Result<PostgresUpsert, String> {
+        if let Some((field, reason)) = config.validate().into_iter().next() {
+            return Err(format!("{field}: {reason}"));
+        }
+        let mut pg = connection_config(&config.url).map_err(|e| format!("url: {e}"))?;
+        pg.connect_timeout(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS));
+        pg.application_name("gearbox-upsert");
+        let paths = config
+            .columns
+            .iter()
+            .map(|(c, p)| (c.clone(), parse_path(p).expect("validated")))
+            .collect();
+        Ok(PostgresUpsert {
+            config,
+            pg,
+            sink: sink.to_string(),
+            topic: topic.to_string(),
+            paths,
+            conn: None,
+        })
+    }
+
+    async fn conn(&mut self) -> Result<&mut Conn, SinkError> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let (client, connection) = self.pg.connect(NoTls).await.map_err(classify)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "postgres upsert connection ended");
+                }
+            });
+            let (upsert, positions) = self.prepare(&client).await?;
+            self.conn = Some(Conn {
+                client,
+                upsert,
+                positions,
+            });
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Creates the positions table if missing and builds the two statements from the catalog.
+    async fn prepare(&self, client: &Client) -> Result<(String, String), SinkError> {
+        let positions_table = self
+            .config
+            .positions_table
+            .as_deref()
+            .unwrap_or(POSITIONS_TABLE_DEFAULT);
+        let positions = quote_table(&parse_table(positions_table).map_err(permanent)?);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {positions} (sink text NOT NULL, topic text NOT NULL, \
+                 partition integer NOT NULL, next_offset bigint NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (sink, topic, partition))"
+            ))
+            .await
+            .map_err(classify)?;
+        let (schema, name) = parse_table(&self.config.table).map_err(permanent)?;
+        let rows = client
+            .query(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = $1 AND n.nspname = coalesce($2, current_schema()) \
+                   AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&name, &schema],
+            )
+            .await
+            .map_err(classify)?;
+        let types: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if types.is_empty() {
+            return Err(permanent(format!(
+                "table: {} does not exist",
+                self.config.table
+            )));
+        }
+        let mut defs = Vec::new();
+        for column in self.config.columns.keys() {
+            let Some(ty) = types.get(column) else {
+                return Err(permanent(format!(
+                    "columns.{column}: {} has no column {column:?}",
+                    self.config.table
+                )));
+            };
+            defs.push(format!("{} {ty}", quote(column)));
+        }
+        let cols: Vec<String> = self.config.columns.keys().map(|c| quote(c)).collect();
+        let key: Vec<String> = self.config.key.iter().map(|c| quote(c)).collect();
+        let update: Vec<&String> = match &self.config.update {
+            Some(u) => u.iter().collect(),
+            None => self
+                .config
+                .columns
+                .keys()
+                .filter(|c| !self.config.key.contains(c))
+                .collect(),
+        };
+        let action = if update.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            let set: Vec<String> = update
+                .iter()
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote(c)))
+                .collect();
+            let guard = self.config.version.as_ref().map_or(String::new(), |v| {
+                format!(" WHERE t.{0} IS NULL OR t.{0} <= EXCLUDED.{0}", quote(v))
+            });
+            format!("DO UPDATE SET {}{guard}", set.join(", "))
+        };
+        let upsert = format!(
+            "INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM jsonb_to_recordset($1::jsonb) \
+             AS r({defs}) ON CONFLICT ({key}) {action}",
+            table = quote_table(&(schema, name)),
+            cols = cols.join(", "),
+            defs = defs.join(", "),
+            key = key.join(", "),
+        );
+        let positions = format!(
+            "INSERT INTO {positions} (sink, topic, partition, next_offset) \
+             SELECT $1, $2, p, o FROM unnest($3::integer[], $4::bigint[]) AS u(p, o) \
+             ON CONFLICT (sink, topic, partition) DO UPDATE \
+             SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+        );
+        // Prepared once, so a schema problem shows at start and not mid-stream.
+        client.prepare(&upsert).await.map_err(classify)?;
+        client.prepare(&positions).await.map_err(classify)?;
+        Ok((upsert, positions))
+    }
+
+    /// The row for a record: column → JSON value.
+    fn row(&self, record: &SinkRecord) -> Result<Map<String, Value>, String> {
+        let mut row = Map::new();
+        for (column, path) in &self.paths {
+            let value = lookup(&record.value, path).cloned().unwrap_or(Value::Null);
+            if value.is_null() && self.config.key.contains(column) {
+                return Err(format!(
+                    "key column {column:?}: the event has no `{}`",
+                    path.join(".")
+                ));
+            }
+            row.insert(column.clone(), value);
+        }
+        Ok(row)
+    }
+
+    /// One row per key: the highest version, or the last in the batch.
+    fn reduce(&self, batch: &[SinkRecord]) -> Result<Vec<Value>, SinkError> {
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(batch.len());
+        for r in batch {
+            let row = self.row(r).map_err(permanent)?;
+            let key = self
+                .config
+                .key
+                .iter()
+                .map(|k| row[k].to_string())
+                .collect::<Vec<_>>()
+                .join("\u{1f}");
+            match by_key.get(&key) {
+                Some(&i) => {
+                    let newer = match &self.config.version {
+                        Some(v) => compare_versions(&row[v], &rows[i][v]).is_ge(),
+                        None => true,
+                    };
+                    if newer {
+                        rows[i] = row;
+                    }
+                }
+                None => {
+                    by_key.insert(key, rows.len());
+                    rows.push(row);
+                }
+            }
+        }
+        Ok(rows.into_iter().map(Value::Object).collect())
+    }
+}
+
+impl TransactionalSink for PostgresUpsert {
+    fn kind(&self) -> &'static str {
+        "postgres_upsert"
+    }
+
+    async fn positions(&mut self) -> Result<Vec<(u32, u64)>, SinkError> {
+        let (sink, topic) = (self.sink.clone(), self.topic.clone());
+        let table = quote_table(
+            &parse_table(
+                self.config
+                    .positions_table
+                    .as_deref()
+                    .unwrap_or(POSITIONS_TABLE_DEFAULT),
+            )
+            .map_err(permanent)?,
+        );
+        let conn = self.conn().await?;
+        let rows = conn
+            .client
+            .query(
+                &format!(
+                    "SELECT partition, next_offset FROM {table} WHERE sink = $1 AND topic = $2"
+                ),
+                &[&sink, &topic],
+            )
+            .await
+            .map_err(|e| self.drop_on(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    fn check(&self, record: &SinkRecord) -> Result<(), String> {
+        self.row(record).map(drop)
+    }
+
+    async fn apply(
+        &mut self,
+        batch: &[SinkRecord],
+        positions: &[(u32, u64)],
+    ) -> Result<(), SinkError> {
+        let rows = self.reduce(batch)?;
+        let (sink, topic) = (self.sink.clone(), self.topic.clone());
+        let partitions: Vec<i32> = positions.iter().map(|&(p, _)| p as i32).collect();
+        let offsets: Vec<i64> = positions.iter().map(|&(_, o)| o as i64).collect();
+        let conn = self.conn().await?;
+        let result = async {
+            let tx = conn.client.transaction().await?;
+            if !rows.is_empty() {
+                tx.execute(&conn.upsert, &[&Value::Array(rows)]).await?;
+            }
+            tx.execute(&conn.positions, &[&sink, &topic, &partitions, &offsets])
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        result.map_err(|e| self.drop_on(e))
+    }
+}
+
+impl PostgresUpsert {
+    /// Classifies an error, dropping the connection when it is not a plain statement error (a
+    /// later call reconnects).
+    fn drop_on(&mut self, e: tokio_postgres::Error) -> SinkError {
+        if e.as_db_error().is_none() {
+            self.conn = None;
+        }
+        classify(e)
+    }
+}
+
+/// A connection string, or a secret reference (`${env:PG_URL}`) resolved to one.
+///
+/// # Errors
+/// The reference does not resolve, or the string does not parse (the message never holds it).
+pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    if secret::is_reference(url) {
+        let resolved = secret::resolve(url).map_err(|e| e.to_string())?;
+        resolved
+            .expose()
+            .parse()
+            .map_err(|_| format!("{url} does not resolve to a Postgres connection string"))
+    } else {
+        url.parse().map_err(|e| format!("{e}"))
+    }
+}
+
+fn permanent(message: impl Into<String>) -> SinkError {
+    SinkError::Permanent {
+        message: message.into(),
+    }
+}
+
+/// Data (22), integrity (23) and schema (42) errors never heal by retrying; the rest may.
+fn classify(e: tokio_postgres::Error) -> SinkError {
+    match e.as_db_error() {
+        Some(db)
+            if ["22", "23", "42"]
+                .iter()
+                .any(|c| db.code().code().starts_with(c)) =>
+        {
+            let mut message = format!("{} ({})", db.message(), db.code().code());
+            if let Some(column) = db.column() {
+                message.push_str(&format!(", column {column}"));
+            }
+            if let Some(detail) = db.detail() {
+                message.push_str(&format!(": {detail}"));
+            }
+            permanent(message)
+        }
+        Some(db) => SinkError::Transient {
+            message: format!("{} ({})", db.message(), db.code().code()),
+            retry_after_ms: None,
+        },
+        None => SinkError::Transient {
+            message: format!("postgres: {e}"),
+            retry_after_ms: None,
+        },
+    }
+}
+
+fn compare_versions(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal),
+        (Value::String(x), Value::String(y)) => {
+            match (
+                chrono::DateTime::parse_from_rfc3339(x),
+                chrono::DateTime::parse_from_rfc3339(y),
+            ) {
+                (Ok(x), Ok(y)) => x.cmp(&y),
+                _ => x.cmp(y),
+            }
+        }
+        (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
+        (Value::Null, _) => std::cmp::Ordering::Less,
+        (_, Value::Null) => std::cmp::Ordering::Greater,
+        _ => std::cmp::Ordering::Equal,
+    }
+}
+
+fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, step| match v {
+        Value::Object(m) => m.get(step),
+        Value::Array(a) => step.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+/// `data.order_id` (a leading `.` is allowed, jq style) → its steps.
+fn parse_path(path: &str) -> Result<Vec<String>, String> {
+    let p = path.strip_prefix('.').unwrap_or(path);
+    if p.is_empty() {
+        return Err(format!("{path:?} is an empty path"));
+    }
+    let steps: Vec<String> = p.split('.').map(str::to_owned).collect();
+    if steps.iter().any(String::is_empty) {
+        return Err(format!("{path:?} has an empty step"));
+    }
+    Ok(steps)
+}
+
+/// A plain SQL identifier: letters, digits and `_`, not starting with a digit, at most 63 bytes.
+fn ident(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a plain identifier (letters, digits, `_`, at most 63 bytes)"
+        ))
+    }
+}
+
+fn parse_table(s: &str) -> Result<(Option<String>, String), String> {
+    let parts: Vec<&str> = s.split('.').collect();
+    match parts.as_slice() {
+        [t] => ident(t).map(|()| (None, (*t).to_string())),
+        [sc, t] => {
+            ident(sc)?;
+            ident(t)?;
+            Ok((Some((*sc).to_string()), (*t).to_string()))
+        }
+        _ => Err(format!("{s:?} is not `table` or `schema.table`")),
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+fn quote_table((schema, name): &(Option<String>, String)) -> String {
+    match schema {
+        Some(s) => format!("{}.{}", quote(s), quote(name)),
+        None => quote(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(extra: Value) -> UpsertConfig {
+        let mut v = json!({
+            "url": "postgres://postgres@127.0.0.1/test",
+            "table": "silver.orders",
+            "columns": {"order_id": "data.order_id", "amount_cents": ".data.amount_cents", "event_time": "time"},
+            "key": ["order_id"],
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn record(value: Value, offset: u64) -> SinkRecord {
+        SinkRecord {
+            id: format!("e{offset}"),
+            value,
+            attempt: 1,
+            partition: 0,
+            offset,
+            time_ms: None,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(config(json!({})).validate().is_empty());
+        let fields = |c: UpsertConfig| c.validate().into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        assert_eq!(fields(config(json!({"key": ["nope"]}))), ["key[0]"]);
+        assert_eq!(fields(config(json!({"version": "nope"}))), ["version"]);
+        assert_eq!(fields(config(json!({"table": "a.b.c"}))), ["table"]);
+        assert_eq!(fields(config(json!({"table": "x; drop"}))), ["table"]);
+        assert_eq!(
+            fields(config(json!({"update": ["order_id"]}))),
+            ["update[0]"]
+        );
+        assert_eq!(
+            fields(config(json!({"columns": {"order_id": "data..x"}}))),
+            ["columns.order_id"]
+        );
+        assert_eq!(fields(config(json!({"url": "::nope::"}))), ["url"]);
+    }
+
+    #[test]
+    fn a_record_without_its_key_is_refused_naming_it() {
+        let sink = PostgresUpsert::new(config(json!({})), "p", "t").unwrap();
+        let e = sink
+            .check(&record(json!({"data": {"amount_cents": 1}}), 0))
+            .unwrap_err();
+        assert!(e.contains("order_id") && e.contains("data.order_id"), "{e}");
+        assert!(
+            sink.check(&record(json!({"data": {"order_id": "o1"}}), 0))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_batch_keeps_one_row_per_key_the_newest() {
+        let sink = PostgresUpsert::new(config(json!({"version": "event_time"})), "p", "t").unwrap();
+        let e = |id: &str, amount: i64, time: &str, offset| {
+            record(
+                json!({"time": time, "data": {"order_id": id, "amount_cents": amount}}),
+                offset,
+            )
+        };
+        let rows = sink
+            .reduce(&[
+                e("a", 1, "2026-01-01T00:00:02Z", 0),
+                e("b", 5, "2026-01-01T00:00:01Z", 1),
+                e("a", 2, "2026-01-01T00:00:01Z", 2), // late: older than the first
+                e("a", 3, "2026-01-01T00:00:03Z", 3),
+            ])
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["amount_cents"], 3);
+        assert_eq!(rows[1]["amount_cents"], 5);
+        let sink = PostgresUpsert::new(config(json!({})), "p", "t").unwrap();
+        let rows = sink
+            .reduce(&[
+                e("a", 1, "2026-01-01T00:00:02Z", 0),
+                e("a", 2, "2026-01-01T00:00:01Z", 1),
+            ])
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0]["amount_cents"], 2,
+            "without a version, the last wins"
+        );
+    }
+}
