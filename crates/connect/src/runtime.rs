@@ -673,11 +673,16 @@ impl<B: Backbone> SourceTask<B> {
                             "topic {topic:?} (from `to: {}`): {message}",
                             self.pipeline.to
                         );
-                        for (r, o) in items.drain(..) {
-                            let Output::Event { event, .. } = &outputs[r][o] else {
-                                unreachable!("only events are grouped by topic")
+                        for ((r, o), event) in items.drain(..).zip(events) {
+                            let Output::Dead { event, error } = dead(
+                                &self.pipeline.common.name,
+                                &event.to_json(),
+                                "route",
+                                &message,
+                            ) else {
+                                unreachable!("dead() builds a dead letter")
                             };
-                            dead_letters.push((r, o, event.clone(), message.clone()));
+                            dead_letters.push((r, o, event, error));
                         }
                         break;
                     }

@@ -702,6 +702,43 @@ extra: 1
     }
 
     #[test]
+    fn a_topic_template_needs_a_dead_letter_topic_and_a_valid_shape() {
+        let got = issues(
+            r#"
+topics: [{ name: t }]
+pipelines:
+  - name: a
+    source: { webhook: { path: /hooks/a, scheme: standard, secrets: ["${env:X}"], source: s } }
+    to: "cdc.{pgtable}"
+  - name: b
+    source: { webhook: { path: /hooks/b, scheme: standard, secrets: ["${env:X}"], source: s } }
+    to: "cdc.{pgtable"
+  - name: c
+    source: { webhook: { path: /hooks/c, scheme: standard, secrets: ["${env:X}"], source: s } }
+    to: "cdc.{pgtable}"
+    dead_letter: nope
+  - name: d
+    source: { webhook: { path: /hooks/d, scheme: standard, secrets: ["${env:X}"], source: s } }
+    to: "cdc.{pgtable}"
+    dead_letter: t
+"#,
+        );
+        let expect = [
+            "pipelines[0].dead_letter: a `to` with placeholders needs",
+            "pipelines[1].to: `{` at byte 4 is never closed",
+            "pipelines[2].dead_letter: topic \"nope\" is not declared",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                got.join("\n")
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
     fn a_good_file_checks() {
         let got = issues(
             r#"
