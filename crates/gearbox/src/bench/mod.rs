@@ -16,6 +16,8 @@ mod http;
 mod load;
 mod log;
 mod nats;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod redis;
 mod suite;
 pub mod traced;
@@ -58,6 +60,12 @@ pub enum BenchCommand {
     /// Starts its own `gearbox serve` (this binary) on a free loopback port over a scratch
     /// directory that is deleted afterwards.
     Http(http::HttpArgs),
+    /// The Postgres upsert sink against plain batched `INSERT`s over the same server: events/s
+    /// for new keys and for updates, side by side with rows/s of the baseline.
+    ///
+    /// Works in a schema of its own on `--url`, dropped afterwards.
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PostgresArgs),
 }
 
 /// Runs the suite, or one benchmark.
@@ -69,6 +77,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None => suite::run(&args.suite),
         Some(BenchCommand::Log(args)) => log::run(args),
         Some(BenchCommand::Http(args)) => http::run(args),
+        #[cfg(feature = "postgres")]
+        Some(BenchCommand::Postgres(args)) => postgres::run(args),
     }
 }
 
