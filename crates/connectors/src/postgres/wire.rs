@@ -1,1 +1,777 @@
-//! (being written)
+//! The walsender client: a Postgres connection in logical replication mode
+//! (`replication=database`), written on a plain [`TcpStream`] with `postgres-protocol`'s message
+//! writers, because `tokio-postgres` cannot enter the CopyBoth mode that `START_REPLICATION`
+//! answers with.
+//!
+//! It does what the two sources need and nothing more: startup and authentication (trust,
+//! cleartext, MD5, SCRAM-SHA-256; no TLS), simple queries for the replication commands
+//! (`IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, `DROP_REPLICATION_SLOT`), and the replication
+//! stream: [`ReplicationConnection::recv`] yields [`ReplMessage`]s and
+//! [`ReplicationConnection::send_status`] writes standby status updates.
+//!
+//! Invariants and limits:
+//! - Reads are cancel-safe: bytes go from the socket into a buffer owned by the connection, and a
+//!   message is taken out of the buffer only once it is complete, in a synchronous step. Writes
+//!   are queued in a second buffer that is advanced only by what the socket accepted, so a
+//!   dropped future leaves at most a tail that the next write sends first.
+//! - A backend message longer than [`BACKEND_MESSAGE_BYTES_MAX`] fails with
+//!   [`WireError::MessageTooLarge`] naming its size, before its body is buffered.
+//! - Connecting (TCP, startup, authentication) takes at most the URL's `connect_timeout` or
+//!   [`CONNECT_TIMEOUT_MS`].
+//! - An `ErrorResponse` becomes [`WireError::Server`] with its SQLSTATE and message.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest backend message accepted, in bytes (a change of a row with large TOASTed values
+/// arrives as one message; Postgres caps a field at 1 GiB, far beyond what an event can hold).
+pub const BACKEND_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long connecting and authenticating may take when the URL sets no `connect_timeout`.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Rows a simple query may return before it fails (replication commands return one).
+pub const QUERY_ROWS_MAX: usize = 10_000;
+
+/// Microseconds from the Unix epoch to Postgres's epoch, 2000-01-01T00:00:00Z.
+pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// A WAL position: a 64-bit byte offset, printed as Postgres does (`16/B374D848`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// A string that is not an LSN in the `X/Y` form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid LSN {0:?}: expected two hexadecimal numbers as X/Y")]
+pub struct LsnParseError(pub String);
+
+impl FromStr for Lsn {
+    type Err = LsnParseError;
+
+    fn from_str(s: &str) -> Result<Lsn, LsnParseError> {
+        let bad = || LsnParseError(s.chars().take(40).collect());
+        let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
+        let hex = |p: &str| {
+            if p.is_empty() || p.len() > 8 {
+                return Err(bad());
+            }
+            u32::from_str_radix(p, 16).map_err(|_| bad())
+        };
+        Ok(Lsn((u64::from(hex(hi)?) << 32) | u64::from(hex(lo)?)))
+    }
+}
+
+/// A failure of the walsender connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The socket failed or closed.
+    #[error("postgres connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// Connecting and authenticating took longer than the connect timeout.
+    #[error("postgres connection: no connection within {timeout_ms} ms")]
+    ConnectTimeout {
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The server answered with an `ErrorResponse`.
+    #[error("postgres error {code}: {message}")]
+    Server {
+        /// The SQLSTATE (`42704`, `55006` ...).
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// A backend message longer than [`BACKEND_MESSAGE_BYTES_MAX`].
+    #[error("a {size}-byte postgres message exceeds the limit of {max} bytes")]
+    MessageTooLarge {
+        /// Its declared size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The server sent something this client does not expect here.
+    #[error("postgres protocol: {0}")]
+    Protocol(String),
+    /// Authentication could not be done (an unsupported method, a missing password).
+    #[error("postgres authentication: {0}")]
+    Auth(String),
+    /// The URL cannot be used (a Unix socket, no host).
+    #[error("postgres url: {0}")]
+    Config(String),
+}
+
+impl WireError {
+    /// Whether reconnecting may help: socket failures, timeouts and server errors of the
+    /// connection-exception (`08`), insufficient-resources (`53`), operator-intervention (`57`)
+    /// and object-in-use (`55006`, a slot still held by an ended connection) kinds.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WireError::Io(_) | WireError::ConnectTimeout { .. } => true,
+            WireError::Server { code, .. } => {
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57")
+                    || code == "55006"
+                    || code == "40001"
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One message of the replication stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplMessage {
+    /// A piece of WAL, here one `pgoutput` message.
+    XLogData {
+        /// The WAL position of the record that produced it.
+        wal_start: Lsn,
+        /// The end of the WAL the server has sent so far.
+        wal_end: Lsn,
+        /// The `pgoutput` message.
+        data: Bytes,
+    },
+    /// The server's keepalive.
+    Keepalive {
+        /// The end of the WAL the server has sent so far.
+        wal_end: Lsn,
+        /// Whether the server wants a status update now (else it ends the connection after
+        /// `wal_sender_timeout`).
+        reply_requested: bool,
+    },
+}
+
+/// The reply to `CREATE_REPLICATION_SLOT ... LOGICAL pgoutput`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    /// Where the slot starts: the first change it streams commits after this point.
+    pub consistent_point: Lsn,
+    /// The exported snapshot, valid until the next command on this connection or its close.
+    pub snapshot_name: Option<String>,
+}
+
+/// A connection in `replication=database` mode.
+pub struct ReplicationConnection {
+    stream: TcpStream,
+    read: BytesMut,
+    write: BytesMut,
+    /// Set once `START_REPLICATION` answered with CopyBoth.
+    streaming: bool,
+}
+
+impl fmt::Debug for ReplicationConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationConnection")
+            .field("streaming", &self.streaming)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A backend message: its tag and body.
+struct Frame {
+    tag: u8,
+    body: Bytes,
+}
+
+impl ReplicationConnection {
+    /// Connects and authenticates with the URL's host, port, user, password and database.
+    ///
+    /// # Errors
+    /// [`WireError::Config`] for a URL without a TCP host, [`WireError::ConnectTimeout`],
+    /// [`WireError::Auth`] for an unsupported method, [`WireError::Server`] for a refusal
+    /// (bad password: `28P01`; no replication privilege: `42501`), [`WireError::Io`].
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+        application_name: &str,
+    ) -> Result<ReplicationConnection, WireError> {
+        let timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_millis(CONNECT_TIMEOUT_MS));
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        tokio::time::timeout(timeout, Self::connect_inner(config, application_name))
+            .await
+            .map_err(|_| WireError::ConnectTimeout { timeout_ms })?
+    }
+
+    async fn connect_inner(
+        config: &tokio_postgres::Config,
+        application_name: &str,
+    ) -> Result<ReplicationConnection, WireError> {
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(_) => return Err(WireError::Config("Unix sockets are not supported".into())),
+            None => "127.0.0.1".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config
+            .get_user()
+            .ok_or_else(|| WireError::Config("the url names no user".into()))?
+            .to_string();
+        let dbname = config.get_dbname().unwrap_or(&user).to_string();
+        let stream = TcpStream::connect((host.as_str(), port)).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = ReplicationConnection {
+            stream,
+            read: BytesMut::with_capacity(64 * 1024),
+            write: BytesMut::new(),
+            streaming: false,
+        };
+        let params = [
+            ("user", user.as_str()),
+            ("database", dbname.as_str()),
+            ("replication", "database"),
+            ("application_name", application_name),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut conn.write)?;
+        conn.flush().await?;
+        conn.authenticate(&user, config.get_password()).await?;
+        // ParameterStatus, BackendKeyData, then ReadyForQuery.
+        loop {
+            let frame = conn.frame().await?;
+            match frame.tag {
+                b'Z' => return Ok(conn),
+                b'S' | b'K' | b'N' => {}
+                other => return Err(unexpected(other, "after authentication")),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), WireError> {
+        let need_password =
+            || WireError::Auth("the server asks for a password; the url has none".into());
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.frame().await?;
+            if frame.tag != b'R' {
+                return Err(unexpected(frame.tag, "during authentication"));
+            }
+            let mut body = frame.body;
+            if body.len() < 4 {
+                return Err(WireError::Protocol("short authentication message".into()));
+            }
+            let kind = body.get_i32();
+            match kind {
+                0 => return Ok(()),
+                3 => {
+                    frontend::password_message(
+                        password.ok_or_else(need_password)?,
+                        &mut self.write,
+                    )?;
+                }
+                5 => {
+                    if body.len() < 4 {
+                        return Err(WireError::Protocol("short MD5 salt".into()));
+                    }
+                    let salt = [body[0], body[1], body[2], body[3]];
+                    let hash = md5_hash(user.as_bytes(), password.ok_or_else(need_password)?, salt);
+                    frontend::password_message(hash.as_bytes(), &mut self.write)?;
+                }
+                10 => {
+                    let offered = body
+                        .split(|b| *b == 0)
+                        .any(|m| m == SCRAM_SHA_256.as_bytes());
+                    if !offered {
+                        return Err(WireError::Auth(
+                            "the server offers no SASL mechanism this client supports (SCRAM-SHA-256 without channel binding)".into(),
+                        ));
+                    }
+                    let s = ScramSha256::new(
+                        password.ok_or_else(need_password)?,
+                        ChannelBinding::unsupported(),
+                    );
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write)?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| WireError::Protocol("SASL continue before start".into()))?;
+                    s.update(&body)
+                        .map_err(|e| WireError::Auth(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut self.write)?;
+                }
+                12 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| WireError::Protocol("SASL final before start".into()))?;
+                    s.finish(&body)
+                        .map_err(|e| WireError::Auth(e.to_string()))?;
+                    continue;
+                }
+                other => {
+                    return Err(WireError::Auth(format!(
+                        "authentication method {other} is not supported (trust, password, md5, scram-sha-256 are)"
+                    )));
+                }
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Runs one simple query and returns its rows as text (`None` for NULL).
+    ///
+    /// # Errors
+    /// [`WireError::Server`] when the command fails (the connection stays usable),
+    /// [`WireError::Protocol`] past [`QUERY_ROWS_MAX`] rows or when streaming, [`WireError::Io`].
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WireError> {
+        if self.streaming {
+            return Err(WireError::Protocol(
+                "a query on a streaming connection".into(),
+            ));
+        }
+        frontend::query(sql, &mut self.write)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = self.frame().await?;
+            match frame.tag {
+                b'D' => {
+                    if rows.len() >= QUERY_ROWS_MAX {
+                        return Err(WireError::Protocol(format!(
+                            "more than {QUERY_ROWS_MAX} rows"
+                        )));
+                    }
+                    rows.push(parse_data_row(frame.body)?);
+                }
+                b'E' => error = Some(parse_error(&frame.body)),
+                b'Z' => break,
+                b'T' | b'C' | b'I' | b'N' | b'S' => {}
+                other => return Err(unexpected(other, "in a query response")),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    /// `IDENTIFY_SYSTEM`: the system id, timeline, current WAL flush position and database.
+    ///
+    /// # Errors
+    /// As [`ReplicationConnection::simple_query`]; [`WireError::Protocol`] for an odd reply.
+    pub async fn identify_system(
+        &mut self,
+    ) -> Result<(String, u32, Lsn, Option<String>), WireError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| WireError::Protocol("IDENTIFY_SYSTEM: no row".into()))?;
+        let field = |i: usize| row.get(i).cloned().flatten();
+        let bad = || WireError::Protocol("IDENTIFY_SYSTEM: malformed row".into());
+        let timeline = field(1).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        let lsn = field(2).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        Ok((field(0).ok_or_else(bad)?, timeline, lsn, field(3)))
+    }
+
+    /// `CREATE_REPLICATION_SLOT <slot> LOGICAL pgoutput`, exporting a snapshot when asked.
+    ///
+    /// # Errors
+    /// [`WireError::Server`] (`42710` when the slot exists), as `simple_query` otherwise.
+    pub async fn create_slot(
+        &mut self,
+        slot: &str,
+        export_snapshot: bool,
+    ) -> Result<CreatedSlot, WireError> {
+        let option = if export_snapshot {
+            "EXPORT_SNAPSHOT"
+        } else {
+            "NOEXPORT_SNAPSHOT"
+        };
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {option}",
+            quote_ident(slot)
+        );
+        let rows = self.simple_query(&sql).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| WireError::Protocol("CREATE_REPLICATION_SLOT: no row".into()))?;
+        let consistent_point = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| {
+                WireError::Protocol("CREATE_REPLICATION_SLOT: no consistent point".into())
+            })?;
+        Ok(CreatedSlot {
+            consistent_point,
+            snapshot_name: row.get(2).cloned().flatten(),
+        })
+    }
+
+    /// `DROP_REPLICATION_SLOT <slot> WAIT`: waits for a connection still holding it to end.
+    ///
+    /// # Errors
+    /// [`WireError::Server`] (`42704` when there is no such slot), as `simple_query` otherwise.
+    pub async fn drop_slot(&mut self, slot: &str) -> Result<(), WireError> {
+        self.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(slot)))
+            .await
+            .map(|_| ())
+    }
+
+    /// `START_REPLICATION SLOT <slot> LOGICAL <start> (proto_version '1', publication_names ...)`:
+    /// the connection then streams until it is dropped.
+    ///
+    /// # Errors
+    /// [`WireError::Server`] when the slot does not exist or is in use (`55006`), as
+    /// `simple_query` otherwise.
+    pub async fn start_replication(
+        &mut self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+    ) -> Result<(), WireError> {
+        let publication = quote_ident(publication).replace('\'', "''");
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names '{publication}')",
+            quote_ident(slot)
+        );
+        frontend::query(&sql, &mut self.write)?;
+        self.flush().await?;
+        loop {
+            let frame = self.frame().await?;
+            match frame.tag {
+                b'W' => {
+                    self.streaming = true;
+                    return Ok(());
+                }
+                b'E' => {
+                    let e = parse_error(&frame.body);
+                    // Drain to ReadyForQuery so the connection stays usable.
+                    loop {
+                        if self.frame().await?.tag == b'Z' {
+                            return Err(e);
+                        }
+                    }
+                }
+                b'N' | b'S' => {}
+                other => return Err(unexpected(other, "after START_REPLICATION")),
+            }
+        }
+    }
+
+    /// The next replication message. Keepalives are returned, not answered: the caller knows
+    /// which position to confirm.
+    ///
+    /// Cancel-safe: dropping the future loses nothing.
+    ///
+    /// # Errors
+    /// [`WireError::Server`] when the server ends replication with an error,
+    /// [`WireError::Io`] when the connection fails or the server ends the copy,
+    /// [`WireError::Protocol`] for a malformed message.
+    pub async fn recv(&mut self) -> Result<ReplMessage, WireError> {
+        loop {
+            if let Some(message) = self.try_recv()? {
+                return Ok(message);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// A replication message already buffered, without reading the socket.
+    ///
+    /// # Errors
+    /// As [`ReplicationConnection::recv`].
+    pub fn try_recv(&mut self) -> Result<Option<ReplMessage>, WireError> {
+        loop {
+            let Some(frame) = self.try_frame()? else {
+                return Ok(None);
+            };
+            match frame.tag {
+                b'd' => return parse_copy_data(frame.body).map(Some),
+                b'E' => return Err(parse_error(&frame.body)),
+                b'c' => {
+                    return Err(WireError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the server ended the replication stream",
+                    )));
+                }
+                b'N' | b'S' => {}
+                other => return Err(unexpected(other, "in the replication stream")),
+            }
+        }
+    }
+
+    /// Writes a standby status update: `written`, `flushed` (what the slot may forget) and
+    /// `applied` positions, timestamped now.
+    ///
+    /// # Errors
+    /// [`WireError::Io`] when the socket fails.
+    pub async fn send_status(
+        &mut self,
+        written: Lsn,
+        flushed: Lsn,
+        applied: Lsn,
+    ) -> Result<(), WireError> {
+        let mut body = BytesMut::with_capacity(34);
+        body.put_u8(b'r');
+        body.put_u64(written.0);
+        body.put_u64(flushed.0);
+        body.put_u64(applied.0);
+        body.put_i64(pg_now_us());
+        body.put_u8(0);
+        frontend::CopyData::new(body.freeze())?.write(&mut self.write);
+        self.flush().await
+    }
+
+    /// Writes whatever is queued. Cancel-safe: the queue advances only by what was written.
+    async fn flush(&mut self) -> Result<(), WireError> {
+        while !self.write.is_empty() {
+            let n = self.stream.write_buf(&mut self.write).await?;
+            if n == 0 {
+                return Err(WireError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+        }
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Reads once from the socket into the buffer.
+    async fn fill(&mut self) -> Result<(), WireError> {
+        // A tail queued by a cancelled write goes first.
+        if !self.write.is_empty() {
+            self.flush().await?;
+        }
+        self.read.reserve(64 * 1024);
+        let n = self.stream.read_buf(&mut self.read).await?;
+        if n == 0 {
+            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
+    }
+
+    async fn frame(&mut self) -> Result<Frame, WireError> {
+        loop {
+            if let Some(frame) = self.try_frame()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    fn try_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        if self.read.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.read[0];
+        let len =
+            u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
+        if len < 4 {
+            return Err(WireError::Protocol(format!("message length {len} below 4")));
+        }
+        if len > BACKEND_MESSAGE_BYTES_MAX {
+            return Err(WireError::MessageTooLarge {
+                size: len,
+                max: BACKEND_MESSAGE_BYTES_MAX,
+            });
+        }
+        if self.read.len() < len + 1 {
+            return Ok(None);
+        }
+        let mut frame = self.read.split_to(len + 1);
+        frame.advance(5);
+        Ok(Some(Frame {
+            tag,
+            body: frame.freeze(),
+        }))
+    }
+}
+
+/// Now, in microseconds since 2000-01-01, the timestamp of the replication protocol.
+#[must_use]
+pub fn pg_now_us() -> i64 {
+    let unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    unix_us - PG_EPOCH_OFFSET_US
+}
+
+/// Quotes an identifier for SQL and replication commands (`"my ""slot"""`).
+#[must_use]
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn unexpected(tag: u8, at: &str) -> WireError {
+    WireError::Protocol(format!("unexpected message {:?} {at}", char::from(tag)))
+}
+
+fn parse_copy_data(mut body: Bytes) -> Result<ReplMessage, WireError> {
+    let short = || WireError::Protocol("short replication message".into());
+    if body.is_empty() {
+        return Err(short());
+    }
+    match body.get_u8() {
+        b'w' => {
+            if body.len() < 24 {
+                return Err(short());
+            }
+            let wal_start = Lsn(body.get_u64());
+            let wal_end = Lsn(body.get_u64());
+            let _server_time = body.get_i64();
+            Ok(ReplMessage::XLogData {
+                wal_start,
+                wal_end,
+                data: body,
+            })
+        }
+        b'k' => {
+            if body.len() < 17 {
+                return Err(short());
+            }
+            let wal_end = Lsn(body.get_u64());
+            let _server_time = body.get_i64();
+            Ok(ReplMessage::Keepalive {
+                wal_end,
+                reply_requested: body.get_u8() == 1,
+            })
+        }
+        other => Err(WireError::Protocol(format!(
+            "unknown replication message {:?}",
+            char::from(other)
+        ))),
+    }
+}
+
+fn parse_data_row(mut body: Bytes) -> Result<Vec<Option<String>>, WireError> {
+    let short = || WireError::Protocol("short DataRow".into());
+    if body.len() < 2 {
+        return Err(short());
+    }
+    let count = body.get_u16();
+    let mut row = Vec::new();
+    for _ in 0..count {
+        if body.len() < 4 {
+            return Err(short());
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if body.len() < len {
+            return Err(short());
+        }
+        let value = body.split_to(len);
+        row.push(Some(String::from_utf8_lossy(&value).into_owned()));
+    }
+    Ok(row)
+}
+
+/// An `ErrorResponse` body: fields of a type byte and a C string, ended by a zero byte.
+fn parse_error(body: &[u8]) -> WireError {
+    let mut code = String::new();
+    let mut message = String::new();
+    for field in body.split(|b| *b == 0) {
+        let Some((&kind, value)) = field.split_first() else {
+            continue;
+        };
+        match kind {
+            b'C' => code = String::from_utf8_lossy(value).into_owned(),
+            b'M' => message = String::from_utf8_lossy(value).into_owned(),
+            _ => {}
+        }
+    }
+    WireError::Server { code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips_in_postgres_form() {
+        for (text, value) in [
+            ("0/0", 0u64),
+            ("16/B374D848", 0x16_B374_D848),
+            ("FFFFFFFF/FFFFFFFF", u64::MAX),
+        ] {
+            let lsn: Lsn = text.parse().unwrap();
+            assert_eq!(lsn, Lsn(value));
+            assert_eq!(lsn.to_string(), text);
+        }
+        for bad in ["", "0", "0/", "/0", "x/1", "123456789/0", "1/2/3"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn copy_data_messages_parse_and_short_ones_fail() {
+        let mut w = BytesMut::new();
+        w.put_u8(b'w');
+        w.put_u64(10);
+        w.put_u64(20);
+        w.put_i64(0);
+        w.put_slice(b"B...");
+        assert_eq!(
+            parse_copy_data(w.freeze()).unwrap(),
+            ReplMessage::XLogData {
+                wal_start: Lsn(10),
+                wal_end: Lsn(20),
+                data: Bytes::from_static(b"B...")
+            }
+        );
+        let mut k = BytesMut::new();
+        k.put_u8(b'k');
+        k.put_u64(7);
+        k.put_i64(0);
+        k.put_u8(1);
+        assert_eq!(
+            parse_copy_data(k.freeze()).unwrap(),
+            ReplMessage::Keepalive {
+                wal_end: Lsn(7),
+                reply_requested: true
+            }
+        );
+        for short in [&b""[..], b"w", b"k\0\0", b"z"] {
+            assert!(parse_copy_data(Bytes::copy_from_slice(short)).is_err());
+        }
+    }
+
+    #[test]
+    fn error_responses_carry_sqlstate_and_message() {
+        let body = b"SERROR\0C42704\0Mreplication slot \"x\" does not exist\0\0";
+        match parse_error(body) {
+            WireError::Server { code, message } => {
+                assert_eq!(code, "42704");
+                assert!(message.contains("does not exist"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_rows_parse_nulls_and_reject_truncation() {
+        let mut d = BytesMut::new();
+        d.put_u16(2);
+        d.put_i32(2);
+        d.put_slice(b"ab");
+        d.put_i32(-1);
+        assert_eq!(
+            parse_data_row(d.freeze()).unwrap(),
+            vec![Some("ab".into()), None]
+        );
+        let mut t = BytesMut::new();
+        t.put_u16(1);
+        t.put_i32(100);
+        t.put_slice(b"ab");
+        assert!(parse_data_row(t.freeze()).is_err());
+    }
+}
