@@ -25,8 +25,12 @@
 //! slot would hold all WAL written by unrelated tables until the next change of ours.
 //!
 //! Status updates go out at least every `status_interval_ms` and whenever a keepalive asks for
-//! one, also while the runtime is slow and no batch is read, so `wal_sender_timeout` never ends
-//! the connection; they carry the last confirmed LSN only.
+//! one while `next_batch` runs, also when no change arrives for a long time, and after every
+//! `ack`; they carry the last confirmed LSN only. Between `next_batch` and `ack` (while the
+//! runtime appends a batch) nothing reads the connection: if the runtime holds a batch longer
+//! than the server's `wal_sender_timeout` (60 s by default), the server ends the connection, and
+//! the next read reconnects at the confirmed LSN (the confirmation made by that `ack` is kept and
+//! sent on the new connection). Nothing is lost; the batches after it are streamed again.
 //!
 //! The cursor returned with each batch (`lsn:<X/Y>` during streaming, `snapshot:...` during the
 //! snapshot) is informative except for one bit it carries: whether the initial snapshot
@@ -95,10 +99,13 @@
 //! Every [`LAG_POLL_INTERVAL_MS`] the source reads `pg_current_wal_lsn() - confirmed_flush_lsn`
 //! of its slot over an ordinary connection ([`CdcStats::lag_bytes`]). Past `lag_bytes_warn` it
 //! logs a warning; past `lag_bytes_max` it applies `on_lag_max`: `warn` logs an error; `pause`
-//! stops reading the stream (status updates continue) until the lag falls below the limit, which
-//! helps only when the lag comes from this source's own backlog and the runtime acknowledges what
-//! it holds; `drop_slot` drops the slot, which frees the WAL and loses every change not yet
-//! confirmed, and fails the source with a fatal error that says so.
+//! hands out what it holds, then stops reading the stream (status updates and lag polls
+//! continue) until the lag falls below the limit. Pausing frees no WAL: the confirmed LSN does
+//! not move while nothing is read, so the lag falls only when an operator raises the limit (or
+//! drops the slot); what it buys is a pipeline that stops visibly (no fresh events, health
+//! degrades) instead of one that silently races the disk. `drop_slot` drops the slot, which frees
+//! the WAL and loses every change not yet confirmed, and fails the source with a fatal error that
+//! says so.
 //!
 //! # Failures
 //!
@@ -488,8 +495,8 @@ struct Snapshot {
     read: (usize, u64),
     /// Position after the last acknowledged batch.
     acked: (usize, u64),
-    /// Whether a cursor is declared for `read.0`.
-    declared: bool,
+    /// The table the cursor is declared for.
+    declared: Option<usize>,
     ts_ms: i64,
     /// The replication connection, idle while the snapshot is read.
     repl: ReplicationConnection,
@@ -792,7 +799,7 @@ impl<M: Mapper> Engine<M> {
             tables,
             read: (0, 0),
             acked: (0, 0),
-            declared: false,
+            declared: None,
             ts_ms: now_ms(),
             repl,
         }));
@@ -952,27 +959,25 @@ impl<M: Mapper> Engine<M> {
                 quote_ident(&table.schema),
                 quote_ident(&table.table)
             );
-            if !snap.declared {
+            // Every statement here is idempotent, so a call dropped at any await loses
+            // nothing: the cursor is declared again (after `CLOSE ALL`) when in doubt, and each
+            // FETCH first moves to the position of the last row handed out.
+            if snap.declared != Some(index) {
+                snap.declared = None;
                 let sql = format!(
-                    "DECLARE gearbox_snapshot SCROLL CURSOR FOR {}",
+                    "CLOSE ALL; DECLARE gearbox_snapshot SCROLL CURSOR FOR {}",
                     self.mapper.snapshot_sql(&qualified)
                 );
                 snap.client
                     .batch_execute(&sql)
                     .await
                     .map_err(|e| pg_error("declaring the snapshot cursor", &e))?;
-                snap.declared = true;
-                if pos > 0 {
-                    snap.client
-                        .batch_execute(&format!("MOVE ABSOLUTE {pos} IN gearbox_snapshot"))
-                        .await
-                        .map_err(|e| pg_error("positioning the snapshot cursor", &e))?;
-                }
+                snap.declared = Some(index);
             }
             let messages = snap
                 .client
                 .simple_query(&format!(
-                    "FETCH FORWARD {records_max} FROM gearbox_snapshot"
+                    "MOVE ABSOLUTE {pos} IN gearbox_snapshot; FETCH FORWARD {records_max} FROM gearbox_snapshot"
                 ))
                 .await
                 .map_err(|e| pg_error("reading the snapshot", &e))?;
@@ -984,11 +989,6 @@ impl<M: Mapper> Engine<M> {
                 })
                 .collect();
             if rows.is_empty() {
-                snap.client
-                    .batch_execute("CLOSE gearbox_snapshot")
-                    .await
-                    .map_err(|e| pg_error("closing the snapshot cursor", &e))?;
-                snap.declared = false;
                 snap.read = (index + 1, 0);
                 continue;
             }
@@ -1372,11 +1372,13 @@ impl<M: Mapper> Engine<M> {
                 .store(self.confirmed.0, Ordering::Relaxed);
         }
         self.confirm_if_idle();
-        let result = self.send_status().await;
-        if result.is_err() {
+        if let Err(e) = self.send_status().await {
+            // The confirmation is kept: the next connection starts replication there and its
+            // first status update carries it. The events are durable, so the ack succeeded.
+            tracing::debug!(error = %e, "the status update after an ack failed; reconnecting on the next read");
             self.close();
         }
-        result
+        Ok(())
     }
 
     pub(crate) async fn nack(&mut self, token: Option<EngineToken>) {
@@ -1389,13 +1391,8 @@ impl<M: Mapper> Engine<M> {
         self.unacked = self.unacked.saturating_sub(1);
         self.inflight_cursor = None;
         if let Phase::Snapshot(snap) = &mut self.phase {
-            // Move back to the last acknowledged row.
-            let acked = snap.acked;
-            if snap.declared {
-                let _ = snap.client.batch_execute("CLOSE gearbox_snapshot").await;
-                snap.declared = false;
-            }
-            snap.read = acked;
+            // Move back to the last acknowledged row (the next FETCH moves there first).
+            snap.read = snap.acked;
             return;
         }
         // The server streams everything after the confirmed LSN again on a new connection.

@@ -694,6 +694,39 @@ mod tests {
         }
     }
 
+    /// A fixed-seed stand-in for the fuzz target (`fuzz/fuzz_targets/pgoutput_decode.rs`):
+    /// valid messages with random bytes overwritten, truncated or extended never panic, and
+    /// errors point inside the input.
+    #[test]
+    fn mutated_messages_never_panic() {
+        let mut insert = vec![b'I', 0, 0, 0, 1, b'N', 0, 2];
+        text_col(&mut insert, "42");
+        insert.push(b'n');
+        let valid = [relation_bytes(), insert];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50_000 {
+            let mut m = valid[(next() % 2) as usize].clone();
+            for _ in 0..(next() % 4) {
+                let at = (next() as usize) % m.len();
+                m[at] = next() as u8;
+            }
+            match next() % 3 {
+                0 => m.truncate((next() as usize) % (m.len() + 1)),
+                1 => m.extend((0..next() % 8).map(|_| next() as u8)),
+                _ => {}
+            }
+            if let Err(e) = d(m.clone()) {
+                assert!(e.offset <= m.len(), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn text_values_map_to_json_by_type() {
         let cases: &[(u32, &str, Value)] = &[
