@@ -274,6 +274,9 @@ async fn inserts_updates_and_deletes_become_debezium_events() {
         assert_eq!(lsn2, lsn3);
         assert_eq!(n2.parse::<u64>().unwrap() + 1, n3.parse::<u64>().unwrap());
         assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 7);
+        let stats = source.stats();
+        assert!(stats.events.load(std::sync::atomic::Ordering::Relaxed) >= 7);
+        assert!(stats.last_commit_ts_ms.load(std::sync::atomic::Ordering::Relaxed) > 1_700_000_000_000);
         source.close();
     })
     .await;
@@ -555,4 +558,108 @@ async fn bad_configs_name_the_field() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("sometimes"), "{e}");
+}
+
+#[tokio::test]
+async fn the_walsender_client_speaks_to_the_real_server() {
+    use gearbox_connectors::postgres::pgoutput::{LogicalMessage, decode};
+    use gearbox_connectors::postgres::wire::{Lsn, ReplMessage, ReplicationConnection, WireError};
+    run("wire", |f| async move {
+        let pg: tokio_postgres::Config = URL.parse().unwrap();
+        let mut c = ReplicationConnection::connect(&pg, "gearbox-test")
+            .await
+            .unwrap();
+        let (_system, timeline, flushed, db) = c.identify_system().await.unwrap();
+        assert!(timeline >= 1 && flushed > Lsn(0), "{timeline} {flushed}");
+        assert_eq!(db.as_deref(), Some("test"));
+        match c.drop_slot(&f.slot).await {
+            Err(WireError::Server { code, message }) => {
+                assert_eq!(code, "42704", "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The publication must exist before the slot: pgoutput looks it up as of the WAL it
+        // decodes.
+        f.exec(&format!(
+            "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE PUBLICATION {p} FOR TABLE {s}.t",
+            s = f.schema,
+            p = f.publication
+        ))
+        .await;
+        let created = c.create_slot(&f.slot, false).await.unwrap();
+        assert!(created.consistent_point > Lsn(0));
+        assert_eq!(created.snapshot_name, None);
+        c.start_replication(&f.slot, Lsn(0), &f.publication)
+            .await
+            .unwrap();
+        f.exec(&format!("INSERT INTO {}.t VALUES (42)", f.schema))
+            .await;
+        let mut kinds = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+        while !kinds.contains(&'C') {
+            assert!(Instant::now() < deadline, "{kinds:?}");
+            let message = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), c.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if let ReplMessage::XLogData { data, .. } = message {
+                match decode(&data).unwrap() {
+                    LogicalMessage::Begin { .. } => kinds.push('B'),
+                    LogicalMessage::Relation(r) => {
+                        assert_eq!(r.name, "t");
+                        kinds.push('R');
+                    }
+                    LogicalMessage::Insert { .. } => kinds.push('I'),
+                    LogicalMessage::Commit { end_lsn, .. } => {
+                        c.send_status(Lsn(end_lsn), Lsn(end_lsn), Lsn(end_lsn))
+                            .await
+                            .unwrap();
+                        kinds.push('C');
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(kinds, ['B', 'R', 'I', 'C']);
+        // A command on a streaming connection is refused, not sent.
+        assert!(c.simple_query("SELECT 1").await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_pause_guard_stops_reading_past_the_limit() {
+    run("pause", |f| async move {
+        f.exec(&format!(
+            "CREATE TABLE {}.t (id int PRIMARY KEY, v text)",
+            f.schema
+        ))
+        .await;
+        let cfg = config(
+            &f,
+            &["t"],
+            json!({"lag_bytes_max": 100000, "on_lag_max": "pause"}),
+        );
+        let mut source = opened(cfg, None).await;
+        f.exec(&format!("INSERT INTO {}.t VALUES (1, 'a')", f.schema))
+            .await;
+        let held = read_batch(&mut source, 100).await;
+        f.exec(&format!(
+            "INSERT INTO {}.t SELECT g, repeat('y', 1000) FROM generate_series(2, 1000) g",
+            f.schema
+        ))
+        .await;
+        assert!(source.poll_lag().await.unwrap() > 100_000);
+        source.ack(held.token, Vec::new()).await.unwrap();
+        // Paused: the rows waiting in the slot are not read. A negative, so a fixed window.
+        let read = tokio::time::timeout(Duration::from_millis(1_000), source.next_batch(100)).await;
+        assert!(
+            read.is_err(),
+            "paused, yet read {:?}",
+            read.map(|r| r.map(|b| b.map(|b| b.records.len())))
+        );
+        assert!(f.slot_exists().await, "pausing keeps the slot");
+        source.close();
+    })
+    .await;
 }

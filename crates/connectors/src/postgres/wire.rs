@@ -244,6 +244,7 @@ impl ReplicationConnection {
             let frame = conn.frame().await?;
             match frame.tag {
                 b'Z' => return Ok(conn),
+                b'E' => return Err(parse_error(&frame.body)),
                 b'S' | b'K' | b'N' => {}
                 other => return Err(unexpected(other, "after authentication")),
             }
@@ -256,8 +257,12 @@ impl ReplicationConnection {
         let mut scram: Option<ScramSha256> = None;
         loop {
             let frame = self.frame().await?;
-            if frame.tag != b'R' {
-                return Err(unexpected(frame.tag, "during authentication"));
+            match frame.tag {
+                b'R' => {}
+                // A refusal: a bad password, no pg_hba.conf entry, no REPLICATION attribute.
+                b'E' => return Err(parse_error(&frame.body)),
+                b'N' => continue,
+                other => return Err(unexpected(other, "during authentication")),
             }
             let mut body = frame.body;
             if body.len() < 4 {
@@ -773,5 +778,128 @@ mod tests {
         t.put_i32(100);
         t.put_slice(b"ab");
         assert!(parse_data_row(t.freeze()).is_err());
+    }
+
+    /// A one-connection fake server: reads the startup message, then runs `script` on the
+    /// socket.
+    async fn fake<F, Fut>(script: F) -> String
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let len = socket.read_u32().await.unwrap() as usize;
+            let mut startup = vec![0; len - 4];
+            socket.read_exact(&mut startup).await.unwrap();
+            assert!(startup.windows(11).any(|w| w == b"replication"));
+            script(socket).await;
+        });
+        format!("postgres://gb:secret@127.0.0.1:{port}/db?connect_timeout=1")
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    async fn read_message(socket: &mut TcpStream) -> (u8, Vec<u8>) {
+        let tag = socket.read_u8().await.unwrap();
+        let len = socket.read_u32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        socket.read_exact(&mut body).await.unwrap();
+        (tag, body)
+    }
+
+    async fn ready(socket: &mut TcpStream) {
+        let mut out = message(b'R', &0i32.to_be_bytes());
+        out.extend(message(b'S', b"server_version\x0015.0\x00"));
+        out.extend(message(b'Z', b"I"));
+        socket.write_all(&out).await.unwrap();
+    }
+
+    async fn connect(url: &str) -> Result<ReplicationConnection, WireError> {
+        ReplicationConnection::connect(&url.parse().unwrap(), "test").await
+    }
+
+    #[tokio::test]
+    async fn md5_and_cleartext_passwords_are_sent_as_the_server_asks() {
+        let url = fake(|mut socket| async move {
+            let mut body = 5i32.to_be_bytes().to_vec();
+            body.extend_from_slice(&[1, 2, 3, 4]);
+            socket.write_all(&message(b'R', &body)).await.unwrap();
+            let (tag, password) = read_message(&mut socket).await;
+            assert_eq!(tag, b'p');
+            let expect = md5_hash(b"gb", b"secret", [1, 2, 3, 4]);
+            assert_eq!(&password[..password.len() - 1], expect.as_bytes());
+            ready(&mut socket).await;
+        })
+        .await;
+        connect(&url).await.expect("md5");
+        let url = fake(|mut socket| async move {
+            socket
+                .write_all(&message(b'R', &3i32.to_be_bytes()))
+                .await
+                .unwrap();
+            let (_, password) = read_message(&mut socket).await;
+            assert_eq!(password, b"secret\0");
+            ready(&mut socket).await;
+        })
+        .await;
+        connect(&url).await.expect("cleartext");
+    }
+
+    #[tokio::test]
+    async fn refusals_limits_and_timeouts_are_typed() {
+        let url = fake(|mut socket| async move {
+            let body = b"SFATAL\0C28P01\0Mpassword authentication failed\0\0";
+            socket.write_all(&message(b'E', body)).await.unwrap();
+        })
+        .await;
+        match connect(&url).await {
+            Err(WireError::Server { code, .. }) => assert_eq!(code, "28P01"),
+            other => panic!("{other:?}"),
+        }
+        let url = fake(|mut socket| async move {
+            socket
+                .write_all(&message(b'R', &7i32.to_be_bytes()))
+                .await
+                .unwrap();
+        })
+        .await;
+        assert!(matches!(connect(&url).await, Err(WireError::Auth(_))));
+        let url = fake(|mut socket| async move {
+            let mut header = vec![b'R'];
+            header.extend_from_slice(&(BACKEND_MESSAGE_BYTES_MAX as u32 + 5).to_be_bytes());
+            socket.write_all(&header).await.unwrap();
+            // Hold the socket open: the client must not wait for the body.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        match connect(&url).await {
+            Err(WireError::MessageTooLarge { size, max }) => {
+                assert_eq!(
+                    (size, max),
+                    (BACKEND_MESSAGE_BYTES_MAX + 5, BACKEND_MESSAGE_BYTES_MAX)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let url = fake(|socket| async move {
+            // Accept, then say nothing.
+            let _held = socket;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        let started = std::time::Instant::now();
+        match connect(&url).await {
+            Err(e @ WireError::ConnectTimeout { timeout_ms: 1000 }) => assert!(e.is_transient()),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 }
