@@ -505,18 +505,27 @@ async fn the_lag_grows_while_unacked_and_falls_after_the_ack() {
     .await;
 }
 
+/// The guard tests' limit: above the WAL the other tests of this file write while they run
+/// in parallel (the lag test writes 2 MB), below the 10 MB the guard tests write themselves.
+const GUARD_LAG_BYTES_MAX: u64 = 8_000_000;
+
+/// A table whose `v` is stored uncompressed, so `repeat` writes as much WAL as it says.
+async fn wide_table(f: &Fixture) {
+    f.exec(&format!(
+        "CREATE TABLE {s}.t (id int PRIMARY KEY, v text); ALTER TABLE {s}.t ALTER COLUMN v SET STORAGE EXTERNAL",
+        s = f.schema
+    ))
+    .await;
+}
+
 #[tokio::test]
 async fn the_drop_slot_guard_drops_the_slot_and_fails() {
     run("guard", |f| async move {
-        f.exec(&format!(
-            "CREATE TABLE {}.t (id int PRIMARY KEY, v text)",
-            f.schema
-        ))
-        .await;
+        wide_table(&f).await;
         let cfg = config(
             &f,
             &["t"],
-            json!({"lag_bytes_max": 100000, "on_lag_max": "drop_slot"}),
+            json!({"lag_bytes_max": GUARD_LAG_BYTES_MAX, "on_lag_max": "drop_slot"}),
         );
         let mut source = opened(cfg, None).await;
         assert!(f.slot_exists().await);
@@ -525,7 +534,7 @@ async fn the_drop_slot_guard_drops_the_slot_and_fails() {
             .await;
         let _held = read_batch(&mut source, 100).await;
         f.exec(&format!(
-            "INSERT INTO {}.t SELECT g, repeat('y', 1000) FROM generate_series(2, 1000) g",
+            "INSERT INTO {}.t SELECT g, repeat('y', 10000) FROM generate_series(2, 1000) g",
             f.schema
         ))
         .await;
@@ -630,26 +639,22 @@ async fn the_walsender_client_speaks_to_the_real_server() {
 #[tokio::test]
 async fn the_pause_guard_stops_reading_past_the_limit() {
     run("pause", |f| async move {
-        f.exec(&format!(
-            "CREATE TABLE {}.t (id int PRIMARY KEY, v text)",
-            f.schema
-        ))
-        .await;
+        wide_table(&f).await;
         let cfg = config(
             &f,
             &["t"],
-            json!({"lag_bytes_max": 100000, "on_lag_max": "pause"}),
+            json!({"lag_bytes_max": GUARD_LAG_BYTES_MAX, "on_lag_max": "pause"}),
         );
         let mut source = opened(cfg, None).await;
         f.exec(&format!("INSERT INTO {}.t VALUES (1, 'a')", f.schema))
             .await;
         let held = read_batch(&mut source, 100).await;
         f.exec(&format!(
-            "INSERT INTO {}.t SELECT g, repeat('y', 1000) FROM generate_series(2, 1000) g",
+            "INSERT INTO {}.t SELECT g, repeat('y', 10000) FROM generate_series(2, 1000) g",
             f.schema
         ))
         .await;
-        assert!(source.poll_lag().await.unwrap() > 100_000);
+        assert!(source.poll_lag().await.unwrap() > GUARD_LAG_BYTES_MAX);
         source.ack(held.token, Vec::new()).await.unwrap();
         // Paused: the rows waiting in the slot are not read. A negative, so a fixed window.
         let read = tokio::time::timeout(Duration::from_millis(1_000), source.next_batch(100)).await;
