@@ -668,3 +668,33 @@ async fn the_pause_guard_stops_reading_past_the_limit() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_missing_slot_without_create_slot_and_a_missing_table_are_fatal() {
+    run("fatal", |f| async move {
+        f.exec(&format!("CREATE TABLE {}.t (id int PRIMARY KEY)", f.schema))
+            .await;
+        let cfg = config(&f, &["t"], json!({"create_slot": false}));
+        let mut source = PostgresCdc::new(cfg).unwrap();
+        match source.open(None).await {
+            Err(SourceError::Fatal { message }) => {
+                assert!(message.contains("create_slot"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!f.slot_exists().await);
+        source.close();
+        let mut missing = PostgresCdc::new(config(
+            &f,
+            &["nope"],
+            json!({"publication": format!("{}_x", f.publication)}),
+        ))
+        .unwrap();
+        match missing.open(None).await {
+            Err(SourceError::Fatal { message }) => assert!(message.contains("nope"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        missing.close();
+    })
+    .await;
+}

@@ -558,7 +558,11 @@ fn transient_wire(e: &WireError) -> SourceError {
 }
 
 pub(crate) fn pg_error(context: &str, e: &tokio_postgres::Error) -> SourceError {
-    let message = format!("{context}: {e}");
+    // tokio-postgres prints a server error as "db error"; the server's words are in the body.
+    let message = match e.as_db_error() {
+        Some(db) => format!("{context}: {} ({})", db.message(), db.code().code()),
+        None => format!("{context}: {e}"),
+    };
     match e.code().map(tokio_postgres::error::SqlState::code) {
         None => SourceError::transient(message),
         Some(c)
