@@ -698,3 +698,32 @@ async fn a_missing_slot_without_create_slot_and_a_missing_table_are_fatal() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn status_updates_keep_the_connection_while_a_batch_is_held() {
+    run("keeper", |f| async move {
+        f.exec(&format!("CREATE TABLE {}.t (id int PRIMARY KEY)", f.schema))
+            .await;
+        // The server ends a walsender that sends no reply for 1 s; the source replies every 200 ms.
+        let url = format!("{URL}?options=-c%20wal_sender_timeout%3D1000");
+        let cfg = config(&f, &["t"], json!({"url": url, "status_interval_ms": 200}));
+        let mut source = opened(cfg, None).await;
+        f.exec(&format!("INSERT INTO {}.t VALUES (1)", f.schema))
+            .await;
+        let held = read_batch(&mut source, 10).await;
+        // Held three timeouts long (the runtime appending slowly). A negative, so a fixed wait.
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        source.ack(held.token, Vec::new()).await.unwrap();
+        f.exec(&format!("INSERT INTO {}.t VALUES (2)", f.schema))
+            .await;
+        let (events, _) = collect(&mut source, 1, 10).await;
+        assert_eq!(
+            events[0]["data"]["after"]["id"], 2,
+            "no replay: the connection survived"
+        );
+        let stats = source.stats();
+        assert_eq!(stats.connects.load(std::sync::atomic::Ordering::Relaxed), 1);
+        source.close();
+    })
+    .await;
+}

@@ -24,13 +24,12 @@
 //! of tables outside the publication): everything before them was processed. Without that, the
 //! slot would hold all WAL written by unrelated tables until the next change of ours.
 //!
-//! Status updates go out at least every `status_interval_ms` and whenever a keepalive asks for
-//! one while `next_batch` runs, also when no change arrives for a long time, and after every
-//! `ack`; they carry the last confirmed LSN only. Between `next_batch` and `ack` (while the
-//! runtime appends a batch) nothing reads the connection: if the runtime holds a batch longer
-//! than the server's `wal_sender_timeout` (60 s by default), the server ends the connection, and
-//! the next read reconnects at the confirmed LSN (the confirmation made by that `ack` is kept and
-//! sent on the new connection). Nothing is lost; the batches after it are streamed again.
+//! Status updates go out at least every `status_interval_ms` from a small task that holds the
+//! socket's write half ([`super::wire::ReplicationConnection::status_keeper`]), also while the
+//! runtime holds a batch and nothing reads the connection (the walsender reads replies even
+//! while its own writes wait), so `wal_sender_timeout` never ends a healthy connection; and
+//! whenever a keepalive asks for one, and after every `ack`. They carry the last confirmed LSN
+//! only.
 //!
 //! The cursor returned with each batch (`lsn:<X/Y>` during streaming, `snapshot:...` during the
 //! snapshot) is informative except for one bit it carries: whether the initial snapshot
@@ -120,7 +119,8 @@
 
 use super::pgoutput::{self, ColumnValue, LogicalMessage, OldKind, Relation, Tuple};
 use super::wire::{
-    Lsn, PG_EPOCH_OFFSET_US, ReplMessage, ReplicationConnection, WireError, quote_ident,
+    Lsn, PG_EPOCH_OFFSET_US, ReplMessage, ReplicationConnection, StatusKeeper, WireError,
+    quote_ident,
 };
 use gearbox_connect::source::{AckToken, RecordOutcome, Source, SourceBatch, SourceError};
 use serde::Deserialize;
@@ -545,6 +545,8 @@ pub(crate) struct Engine<M: Mapper> {
     paused: bool,
     warned: bool,
     generation: u64,
+    /// Writes status updates while the connection streams, also while nobody reads it.
+    keeper: Option<StatusKeeper>,
 }
 
 fn transient_wire(e: &WireError) -> SourceError {
@@ -633,6 +635,7 @@ impl<M: Mapper> Engine<M> {
             paused: false,
             warned: false,
             generation: 0,
+            keeper: None,
         }
     }
 
@@ -660,6 +663,7 @@ impl<M: Mapper> Engine<M> {
 
     /// Drops the connections and everything read but not handed out.
     fn close(&mut self) {
+        self.keeper = None;
         self.phase = Phase::Closed;
         self.relations.clear();
         self.tx = None;
@@ -746,6 +750,12 @@ impl<M: Mapper> Engine<M> {
         self.stats
             .confirmed_lsn
             .store(self.confirmed.0, Ordering::Relaxed);
+        // The keeper reads the confirmed LSN from the stats, which every confirmation updates.
+        let stats = Arc::clone(&self.stats);
+        self.keeper = Some(repl.status_keeper(
+            move || Lsn(stats.confirmed_lsn.load(Ordering::Relaxed)),
+            Duration::from_millis(self.cfg.status_interval_ms),
+        ));
         self.phase = Phase::Streaming(Box::new(repl));
         self.next_status = Instant::now();
         Ok(())

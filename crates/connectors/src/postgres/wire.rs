@@ -26,9 +26,12 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, Scr
 use postgres_protocol::message::frontend;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Mutex;
 
 /// Largest backend message accepted, in bytes (a change of a row with large TOASTed values
 /// arrives as one message; Postgres caps a field at 1 GiB, far beyond what an event can hold).
@@ -164,9 +167,12 @@ pub struct CreatedSlot {
 
 /// A connection in `replication=database` mode.
 pub struct ReplicationConnection {
-    stream: TcpStream,
+    read_half: OwnedReadHalf,
     read: BytesMut,
+    /// Messages being composed; [`ReplicationConnection::flush`] moves them to `writer`.
     write: BytesMut,
+    /// The socket's write half, shared with a [`StatusKeeper`].
+    writer: Arc<Mutex<Writer>>,
     /// Set once `START_REPLICATION` answered with CopyBoth.
     streaming: bool,
 }
@@ -223,19 +229,28 @@ impl ReplicationConnection {
         let dbname = config.get_dbname().unwrap_or(&user).to_string();
         let stream = TcpStream::connect((host.as_str(), port)).await?;
         stream.set_nodelay(true)?;
+        let (read_half, write_half) = stream.into_split();
         let mut conn = ReplicationConnection {
-            stream,
+            read_half,
             read: BytesMut::with_capacity(64 * 1024),
             write: BytesMut::new(),
+            writer: Arc::new(Mutex::new(Writer {
+                half: write_half,
+                queue: BytesMut::new(),
+            })),
             streaming: false,
         };
-        let params = [
+        let mut params = vec![
             ("user", user.as_str()),
             ("database", dbname.as_str()),
             ("replication", "database"),
             ("application_name", application_name),
             ("client_encoding", "UTF8"),
         ];
+        // The URL's `options` (`-c wal_sender_timeout=...`) go to the server as they are.
+        if let Some(options) = config.get_options() {
+            params.push(("options", options));
+        }
         frontend::startup_message(params.iter().copied(), &mut conn.write)?;
         conn.flush().await?;
         conn.authenticate(&user, config.get_password()).await?;
@@ -523,27 +538,44 @@ impl ReplicationConnection {
         flushed: Lsn,
         applied: Lsn,
     ) -> Result<(), WireError> {
-        let mut body = BytesMut::with_capacity(34);
-        body.put_u8(b'r');
-        body.put_u64(written.0);
-        body.put_u64(flushed.0);
-        body.put_u64(applied.0);
-        body.put_i64(pg_now_us());
-        body.put_u8(0);
-        frontend::CopyData::new(body.freeze())?.write(&mut self.write);
+        status_message(written, flushed, applied)?.write(&mut self.write);
         self.flush().await
     }
 
-    /// Writes whatever is queued. Cancel-safe: the queue advances only by what was written.
+    /// Writes whatever is composed. Cancel-safe: the messages move to the writer's queue in
+    /// one synchronous step, and the queue advances only by what the socket took, so a dropped
+    /// call leaves a tail that the next write sends first.
     async fn flush(&mut self) -> Result<(), WireError> {
-        while !self.write.is_empty() {
-            let n = self.stream.write_buf(&mut self.write).await?;
-            if n == 0 {
-                return Err(WireError::Io(std::io::ErrorKind::WriteZero.into()));
+        let mut writer = self.writer.lock().await;
+        writer.queue.extend_from_slice(&self.write);
+        self.write.clear();
+        writer.flush().await
+    }
+
+    /// Starts a task that writes a standby status update every `interval`, confirming the LSN
+    /// `flushed` returns, until the returned keeper is dropped or the socket fails. It keeps the
+    /// server's `wal_sender_timeout` from ending the connection while nobody reads it (the
+    /// walsender reads replies even while its own writes wait).
+    #[must_use]
+    pub fn status_keeper<F>(&self, flushed: F, interval: Duration) -> StatusKeeper
+    where
+        F: Fn() -> Lsn + Send + 'static,
+    {
+        let writer = Arc::clone(&self.writer);
+        StatusKeeper(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let lsn = flushed();
+                let mut w = writer.lock().await;
+                let Ok(message) = status_message(lsn, lsn, lsn) else {
+                    return;
+                };
+                message.write(&mut w.queue);
+                if w.flush().await.is_err() {
+                    return;
+                }
             }
-        }
-        self.stream.flush().await?;
-        Ok(())
+        }))
     }
 
     /// Reads once from the socket into the buffer.
@@ -553,7 +585,7 @@ impl ReplicationConnection {
             self.flush().await?;
         }
         self.read.reserve(64 * 1024);
-        let n = self.stream.read_buf(&mut self.read).await?;
+        let n = self.read_half.read_buf(&mut self.read).await?;
         if n == 0 {
             return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
@@ -595,6 +627,51 @@ impl ReplicationConnection {
             body: frame.freeze(),
         }))
     }
+}
+
+/// The socket's write half and the bytes not yet written to it.
+struct Writer {
+    half: OwnedWriteHalf,
+    queue: BytesMut,
+}
+
+impl Writer {
+    async fn flush(&mut self) -> Result<(), WireError> {
+        while !self.queue.is_empty() {
+            let n = self.half.write_buf(&mut self.queue).await?;
+            if n == 0 {
+                return Err(WireError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+        }
+        self.half.flush().await?;
+        Ok(())
+    }
+}
+
+/// The task of [`ReplicationConnection::status_keeper`]; dropping it stops the task.
+#[derive(Debug)]
+pub struct StatusKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for StatusKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A standby status update ('r'), timestamped now.
+fn status_message(
+    written: Lsn,
+    flushed: Lsn,
+    applied: Lsn,
+) -> std::io::Result<frontend::CopyData<Bytes>> {
+    let mut body = BytesMut::with_capacity(34);
+    body.put_u8(b'r');
+    body.put_u64(written.0);
+    body.put_u64(flushed.0);
+    body.put_u64(applied.0);
+    body.put_i64(pg_now_us());
+    body.put_u8(0);
+    frontend::CopyData::new(body.freeze())
 }
 
 /// Now, in microseconds since 2000-01-01, the timestamp of the replication protocol.
