@@ -727,3 +727,25 @@ async fn status_updates_keep_the_connection_while_a_batch_is_held() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn changes_of_a_table_dropped_since_still_arrive() {
+    run("dropped", |f| async move {
+        f.exec(&format!("CREATE TABLE {}.t (id int PRIMARY KEY)", f.schema))
+            .await;
+        let mut source = opened(config(&f, &["t"], json!({})), None).await;
+        f.exec(&format!(
+            "INSERT INTO {s}.t VALUES (5); DROP TABLE {s}.t",
+            s = f.schema
+        ))
+        .await;
+        let (events, _) = collect(&mut source, 1, 10).await;
+        assert_eq!(events[0]["data"]["after"], json!({"id": 5}));
+        assert_eq!(
+            events[0]["partitionkey"], "5",
+            "keyed by the replica identity"
+        );
+        source.close();
+    })
+    .await;
+}

@@ -1420,7 +1420,9 @@ impl<M: Mapper> Engine<M> {
     }
 }
 
-/// The primary-key column names of a table, in key order (empty: none).
+/// The primary-key column names of a table, in key order (empty: none, or the table was
+/// dropped since the change being decoded was written: that is not an error, its changes are
+/// still streamed, keyed by their replica-identity columns).
 async fn primary_key(
     client: &tokio_postgres::Client,
     qualified: &str,
@@ -1428,7 +1430,7 @@ async fn primary_key(
     let rows = client
         .query(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+             WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
             &[&qualified],
         )
         .await
