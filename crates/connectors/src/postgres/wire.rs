@@ -979,4 +979,94 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(3));
     }
+
+    /// The server's side of SCRAM-SHA-256 (RFC 5802/7677), to check the client's.
+    fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn scram_sha_256_proves_the_password_and_checks_the_server() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let url = fake(move |mut socket| async move {
+            let mut body = 10i32.to_be_bytes().to_vec();
+            body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+            socket.write_all(&message(b'R', &body)).await.unwrap();
+            // SASLInitialResponse: mechanism, length, client-first-message.
+            let (tag, initial) = read_message(&mut socket).await;
+            assert_eq!(tag, b'p');
+            let nul = initial.iter().position(|b| *b == 0).unwrap();
+            assert_eq!(&initial[..nul], b"SCRAM-SHA-256");
+            let client_first = String::from_utf8(initial[nul + 5..].to_vec()).unwrap();
+            let client_first_bare = client_first
+                .strip_prefix("n,,")
+                .expect("no channel binding")
+                .to_string();
+            let client_nonce = client_first_bare.split("r=").nth(1).unwrap().to_string();
+            let salt = b"pepper-salt";
+            let iterations = 64u32;
+            let server_first = format!("r={client_nonce}srv,s={},i={iterations}", b64.encode(salt));
+            let mut cont = 11i32.to_be_bytes().to_vec();
+            cont.extend_from_slice(server_first.as_bytes());
+            socket.write_all(&message(b'R', &cont)).await.unwrap();
+            let (_, client_final) = read_message(&mut socket).await;
+            let client_final = String::from_utf8(client_final).unwrap();
+            let (without_proof, proof) = client_final.rsplit_once(",p=").unwrap();
+            // PBKDF2-HMAC-SHA-256, one block.
+            let mut block = salt.to_vec();
+            block.extend_from_slice(&1u32.to_be_bytes());
+            let mut u = hmac(b"secret", &block);
+            let mut salted = u.clone();
+            for _ in 1..iterations {
+                u = hmac(b"secret", &u);
+                salted.iter_mut().zip(&u).for_each(|(s, x)| *s ^= x);
+            }
+            let client_key = hmac(&salted, b"Client Key");
+            let stored_key = sha2::Sha256::digest(&client_key);
+            let auth = format!("{client_first_bare},{server_first},{without_proof}");
+            let signature = hmac(&stored_key, auth.as_bytes());
+            let expect: Vec<u8> = client_key
+                .iter()
+                .zip(&signature)
+                .map(|(k, s)| k ^ s)
+                .collect();
+            assert_eq!(
+                b64.decode(proof).unwrap(),
+                expect,
+                "the client proves the password"
+            );
+            let server_signature = hmac(&hmac(&salted, b"Server Key"), auth.as_bytes());
+            let mut fin = 12i32.to_be_bytes().to_vec();
+            fin.extend_from_slice(format!("v={}", b64.encode(server_signature)).as_bytes());
+            socket.write_all(&message(b'R', &fin)).await.unwrap();
+            ready(&mut socket).await;
+        })
+        .await;
+        connect(&url).await.expect("scram");
+        // A server that cannot prove it knows the password is refused.
+        let url = fake(move |mut socket| async move {
+            let mut body = 10i32.to_be_bytes().to_vec();
+            body.extend_from_slice(b"SCRAM-SHA-256\0\0");
+            socket.write_all(&message(b'R', &body)).await.unwrap();
+            let (_, initial) = read_message(&mut socket).await;
+            let nul = initial.iter().position(|b| *b == 0).unwrap();
+            let client_first = String::from_utf8(initial[nul + 5..].to_vec()).unwrap();
+            let nonce = client_first.split("r=").nth(1).unwrap().to_string();
+            let mut cont = 11i32.to_be_bytes().to_vec();
+            cont.extend_from_slice(format!("r={nonce}x,s=c2FsdA==,i=16").as_bytes());
+            socket.write_all(&message(b'R', &cont)).await.unwrap();
+            let _ = read_message(&mut socket).await;
+            let mut fin = 12i32.to_be_bytes().to_vec();
+            fin.extend_from_slice(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+            socket.write_all(&message(b'R', &fin)).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        })
+        .await;
+        assert!(matches!(connect(&url).await, Err(WireError::Auth(_))));
+    }
 }
