@@ -241,6 +241,15 @@ impl ComponentMetrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
     }
 
+    /// The fatal error that stopped the pipeline, if one did.
+    #[must_use]
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The derived health at `now_ms`.
     #[must_use]
     pub fn health(&self, now_ms: i64) -> Health {

@@ -1021,6 +1021,44 @@ struct TxSinkTask<B> {
     limiter: Option<RateLimiter>,
 }
 
+/// Events read for a transactional sink, with each one's transform outputs as sink records
+/// (none: filtered out; an error: rejected by the transforms).
+struct Prepared {
+    read: crate::backbone::Read,
+    outputs: Vec<Result<Vec<SinkRecord>, String>>,
+}
+
+impl Prepared {
+    fn new(transforms: &Chain, read: crate::backbone::Read) -> Prepared {
+        let outputs = read
+            .events
+            .iter()
+            .map(|e| sink_records(transforms, e, 1))
+            .collect();
+        Prepared { read, outputs }
+    }
+}
+
+/// A read running ahead of the batch being applied; aborted if the pipeline stops first.
+struct PrefetchGuard(tokio::task::JoinHandle<Result<Prepared, BackboneError>>);
+
+impl Drop for PrefetchGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Future for PrefetchGuard {
+    type Output = Result<Result<Prepared, BackboneError>, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// A call to a [`TransactionalSink`], retried as a whole.
 #[derive(Clone, Copy)]
 enum Call<'a> {
@@ -1076,6 +1114,7 @@ impl<B: Backbone> TxSinkTask<B> {
             .map_err(|e| TxHalt::Failed(format!("start: {e}")))?;
         let mut positions: BTreeMap<u32, u64> = start.into_iter().collect();
         let fresh = stored.is_empty();
+        let mut prefetched: Option<PrefetchGuard> = None;
         positions.extend(stored);
         if fresh {
             // Store where `start` put us before reading, so a restart resumes there and not at
@@ -1095,22 +1134,34 @@ impl<B: Backbone> TxSinkTask<B> {
                 continue;
             }
             let from_positions: Vec<(u32, u64)> = positions.iter().map(|(&p, &o)| (p, o)).collect();
-            let read = tokio::select! {
-                r = self.backbone.read(&from, from_positions, self.pipeline.common.batch_records_max, SINK_POLL_WAIT_MS) => r,
-                _ = self.stop.changed() => return Err(TxHalt::Stopped),
-            };
-            let read = match read {
-                Ok(r) => r,
-                Err(BackboneError::Unavailable(e)) => {
-                    self.metrics.error("read", "unavailable");
-                    tracing::warn!(pipeline = %name, error = %e, "reading the topic failed");
-                    if nap(self.pipeline.common.retry.initial_ms, &mut self.stop).await {
-                        return Err(TxHalt::Stopped);
+            let max = self.pipeline.common.batch_records_max;
+            let prepared = match prefetched.take() {
+                // The read the previous batch started while it was being applied, from the
+                // positions that batch stored, already transformed.
+                Some(handle) => match handle.await {
+                    Ok(Ok(p)) if !p.read.events.is_empty() || !p.read.skipped.is_empty() => p,
+                    _ => continue,
+                },
+                None => {
+                    let read = tokio::select! {
+                        r = self.backbone.read(&from, from_positions, max, SINK_POLL_WAIT_MS) => r,
+                        _ = self.stop.changed() => return Err(TxHalt::Stopped),
+                    };
+                    match read {
+                        Ok(read) => Prepared::new(&self.pipeline.common.transforms, read),
+                        Err(BackboneError::Unavailable(e)) => {
+                            self.metrics.error("read", "unavailable");
+                            tracing::warn!(pipeline = %name, error = %e, "reading the topic failed");
+                            if nap(self.pipeline.common.retry.initial_ms, &mut self.stop).await {
+                                return Err(TxHalt::Stopped);
+                            }
+                            continue;
+                        }
+                        Err(e) => return Err(TxHalt::Failed(format!("read: {e}"))),
                     }
-                    continue;
                 }
-                Err(e) => return Err(TxHalt::Failed(format!("read: {e}"))),
             };
+            let Prepared { read, outputs } = prepared;
             let mut next = positions.clone();
             for &(partition, gap_from, gap_to) in &read.skipped {
                 self.metrics.error("read", "retention_gap");
@@ -1124,9 +1175,9 @@ impl<B: Backbone> TxSinkTask<B> {
             self.metrics.received(read.events.len());
             let mut records: Vec<SinkRecord> = Vec::new();
             let mut dead: Vec<(&StoredEvent, String)> = Vec::new();
-            for e in &read.events {
+            for (e, output) in read.events.iter().zip(outputs) {
                 next.insert(e.partition, e.offset + 1);
-                match sink_records(&self.pipeline.common.transforms, e, 1) {
+                match output {
                     Err(error) => {
                         self.metrics.error("transform", "rejected");
                         dead.push((e, error));
@@ -1143,6 +1194,19 @@ impl<B: Backbone> TxSinkTask<B> {
             }
             self.dead_letter(&dead).await?;
             let at: Vec<(u32, u64)> = next.iter().map(|(&p, &o)| (p, o)).collect();
+            // Read the next batch while this one is applied: it starts where this one ends,
+            // whatever happens to it (it is retried until it commits, or narrowed down and
+            // committed event by event). At most one read ahead.
+            prefetched = Some(PrefetchGuard(tokio::spawn({
+                let (backbone, from, at) = (self.backbone.clone(), from.clone(), at.clone());
+                let transforms = self.pipeline.common.transforms.clone();
+                async move {
+                    let read = backbone.read(&from, at, max, 0).await?;
+                    tokio::task::spawn_blocking(move || Prepared::new(&transforms, read))
+                        .await
+                        .map_err(|e| BackboneError::Unavailable(format!("transform task: {e}")))
+                }
+            })));
             if let Some(limiter) = &self.limiter
                 && !records.is_empty()
             {

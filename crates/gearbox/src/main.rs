@@ -74,7 +74,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => {
-            init_tracing();
+            init_tracing("info");
             serve::run(args)
         }
         Command::Topics(command) => client::topics(&cli.server.server, command),
@@ -85,14 +85,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Schemas(command) => schemas::run(&cli.server.server, command),
         Command::Validate(args) => pipelines::validate(args),
         Command::Test(args) => pipelines::test(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => {
+            // Only what goes wrong: the bench prints its own results.
+            init_tracing("warn");
+            bench::run(args)
+        }
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` filters (default `level`).
+fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

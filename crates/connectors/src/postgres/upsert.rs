@@ -53,7 +53,7 @@ use gearbox_connect::sink::{SinkError, SinkRecord, TransactionalSink};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 /// Columns a mapping may name.
 pub const COLUMNS_MAX: usize = 256;
@@ -160,8 +160,8 @@ pub struct PostgresUpsert {
 
 struct Conn {
     client: Client,
-    upsert: String,
-    positions: String,
+    upsert: Statement,
+    positions: Statement,
 }
 
 impl std::fmt::Debug for PostgresUpsert {
@@ -222,23 +222,33 @@ impl PostgresUpsert {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
-    /// Creates the positions table if missing and builds the two statements from the catalog.
-    async fn prepare(&self, client: &Client) -> Result<(String, String), SinkError> {
+    /// Creates the positions table if missing and prepares the two statements, built from the
+    /// catalog.
+    async fn prepare(&self, client: &Client) -> Result<(Statement, Statement), SinkError> {
         let positions_table = self
             .config
             .positions_table
             .as_deref()
             .unwrap_or(POSITIONS_TABLE_DEFAULT);
         let positions = quote_table(&parse_table(positions_table).map_err(permanent)?);
-        client
+        let created = client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {positions} (sink text NOT NULL, topic text NOT NULL, \
                  partition integer NOT NULL, next_offset bigint NOT NULL, \
                  updated_at timestamptz NOT NULL DEFAULT now(), \
                  PRIMARY KEY (sink, topic, partition))"
             ))
-            .await
-            .map_err(classify)?;
+            .await;
+        match created {
+            Ok(()) => {}
+            // Two sinks sharing the table, starting together: `IF NOT EXISTS` is not atomic in
+            // Postgres, and the loser of the race gets a unique violation on the catalog (or
+            // "already exists"). The table is there either way.
+            Err(e)
+                if e.as_db_error()
+                    .is_some_and(|db| matches!(db.code().code(), "23505" | "42P07")) => {}
+            Err(e) => return Err(classify(e)),
+        }
         let (schema, name) = parse_table(&self.config.table).map_err(permanent)?;
         let rows = client
             .query(
@@ -305,9 +315,10 @@ impl PostgresUpsert {
              ON CONFLICT (sink, topic, partition) DO UPDATE \
              SET next_offset = EXCLUDED.next_offset, updated_at = now()"
         );
-        // Prepared once, so a schema problem shows at start and not mid-stream.
-        client.prepare(&upsert).await.map_err(classify)?;
-        client.prepare(&positions).await.map_err(classify)?;
+        // Prepared once per connection: a schema problem shows at start and not mid-stream, and
+        // each batch saves the round trips of parsing them again.
+        let upsert = client.prepare(&upsert).await.map_err(classify)?;
+        let positions = client.prepare(&positions).await.map_err(classify)?;
         Ok((upsert, positions))
     }
 

@@ -263,10 +263,9 @@ async fn sink_case(
         .map_err(|e| anyhow::anyhow!(e))?;
     let sink = PostgresUpsert::new(config, &pipeline.common.name, topic)
         .map_err(|e| anyhow::anyhow!(e))?;
-    let mut runtime = Runtime::new(
-        Arc::new(Embedded::new(broker.clone())),
-        Arc::new(Registry::default()),
-    );
+    let registry = Arc::new(Registry::default());
+    let mut runtime = Runtime::new(Arc::new(Embedded::new(broker.clone())), registry.clone());
+    let name = pipeline.common.name.clone();
     let started = Instant::now();
     runtime.spawn_transactional_sink(pipeline, sink);
     let total = args.events as u64;
@@ -281,6 +280,9 @@ async fn sink_case(
             .sum();
         if done >= total {
             break;
+        }
+        if let Some(failure) = registry.get(&name).and_then(|m| m.failure()) {
+            bail!("{topic}: the sink failed: {failure}");
         }
         if started.elapsed() > CASE_TIMEOUT {
             bail!("{topic}: the sink applied {done} of {total} events in {CASE_TIMEOUT:?}");
