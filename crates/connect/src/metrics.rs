@@ -97,6 +97,22 @@ pub struct ComponentMetrics {
     breaker_closed: AtomicU64,
     paused: AtomicBool,
     failed: Mutex<Option<String>>,
+    gauges: Mutex<Vec<Gauge>>,
+}
+
+/// A connector's own gauge, read when `/metrics` renders: `gearbox_<kind>_<name>{pipeline}`, such
+/// as `gearbox_source_postgres_slot_lag_bytes`.
+pub struct Gauge {
+    /// The name after `gearbox_<kind>_`: lowercase letters, digits and `_`.
+    pub name: &'static str,
+    /// Reads the current value.
+    pub read: Box<dyn Fn() -> f64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Gauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gauge").field("name", &self.name).finish()
+    }
 }
 
 /// A snapshot of one pipeline, for the API and the dashboard.
@@ -159,6 +175,7 @@ impl ComponentMetrics {
             breaker_closed: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             failed: Mutex::new(None),
+            gauges: Mutex::new(Vec::new()),
         }
     }
 
@@ -241,6 +258,25 @@ impl ComponentMetrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
     }
 
+    /// Adds the connector's own gauges.
+    pub fn add_gauges(&self, gauges: Vec<Gauge>) {
+        self.gauges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(gauges);
+    }
+
+    /// The current value of the connector gauge `name`.
+    #[must_use]
+    pub fn gauge(&self, name: &str) -> Option<f64> {
+        self.gauges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| (g.read)())
+    }
+
     /// The fatal error that stopped the pipeline, if one did.
     #[must_use]
     pub fn failure(&self) -> Option<String> {
@@ -321,6 +357,20 @@ impl ComponentMetrics {
             escape(&self.component_type)
         );
         let p = format!("pipeline=\"{}\"", escape(&self.pipeline));
+        for g in self
+            .gauges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "gearbox_{}_{}{{{p}}} {}",
+                self.kind.as_str(),
+                g.name,
+                (g.read)()
+            );
+        }
         for (name, v) in [
             ("gearbox_component_received_events_total", &self.received),
             ("gearbox_component_sent_events_total", &self.sent),

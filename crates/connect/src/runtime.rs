@@ -272,6 +272,7 @@ impl<B: Backbone> Runtime<B> {
     /// Starts a source pipeline.
     pub fn spawn_source<S: Source>(&mut self, pipeline: SourcePipeline, source: S) {
         let metrics = self.metrics(&pipeline.common, Kind::Source, source.kind());
+        metrics.add_gauges(source.gauges());
         let task = SourceTask {
             backbone: self.backbone.clone(),
             metrics,

@@ -142,4 +142,10 @@ pub trait Source: Send + 'static {
 
     /// The batch could not be appended: arrange for it to be read again.
     fn nack(&mut self, token: Option<AckToken>, error: &str) -> impl Future<Output = ()> + Send;
+
+    /// The connector's own gauges for `/metrics` (a replication slot's lag, say), registered
+    /// when the pipeline starts.
+    fn gauges(&self) -> Vec<crate::metrics::Gauge> {
+        Vec::new()
+    }
 }

@@ -19,6 +19,12 @@ pub enum SourceDecl {
     /// MQTT.
     #[cfg(feature = "mqtt")]
     Mqtt(crate::mqtt::MqttConfig),
+    /// Postgres logical-replication CDC.
+    #[cfg(feature = "postgres")]
+    PostgresCdc(crate::postgres::cdc::CdcConfig),
+    /// The transactional-outbox relay.
+    #[cfg(feature = "postgres")]
+    PostgresOutbox(crate::postgres::outbox::OutboxConfig),
 }
 
 /// A sink section.
@@ -41,6 +47,10 @@ pub const SOURCE_TYPES: &[&str] = &[
     "http_poll",
     #[cfg(feature = "mqtt")]
     "mqtt",
+    #[cfg(feature = "postgres")]
+    "postgres_cdc",
+    #[cfg(feature = "postgres")]
+    "postgres_outbox",
 ];
 
 /// Every sink type compiled in.
@@ -62,6 +72,10 @@ impl SourceDecl {
             SourceDecl::HttpPoll(_) => "http_poll",
             #[cfg(feature = "mqtt")]
             SourceDecl::Mqtt(_) => "mqtt",
+            #[cfg(feature = "postgres")]
+            SourceDecl::PostgresCdc(_) => "postgres_cdc",
+            #[cfg(feature = "postgres")]
+            SourceDecl::PostgresOutbox(_) => "postgres_outbox",
         }
     }
 
@@ -75,6 +89,10 @@ impl SourceDecl {
             SourceDecl::HttpPoll(c) => c.validate(),
             #[cfg(feature = "mqtt")]
             SourceDecl::Mqtt(c) => c.validate(),
+            #[cfg(feature = "postgres")]
+            SourceDecl::PostgresCdc(c) => c.validate(),
+            #[cfg(feature = "postgres")]
+            SourceDecl::PostgresOutbox(c) => c.validate(),
         }
     }
 }
@@ -152,6 +170,16 @@ pub fn start_source<B: Backbone>(
         #[cfg(feature = "mqtt")]
         SourceDecl::Mqtt(c) => {
             let source = build!(crate::mqtt::Mqtt::new(c.clone()));
+            runtime.spawn_source(pipeline, source);
+        }
+        #[cfg(feature = "postgres")]
+        SourceDecl::PostgresCdc(c) => {
+            let source = build!(crate::postgres::cdc::PostgresCdc::new(c.clone()));
+            runtime.spawn_source(pipeline, source);
+        }
+        #[cfg(feature = "postgres")]
+        SourceDecl::PostgresOutbox(c) => {
+            let source = build!(crate::postgres::outbox::PostgresOutbox::new(c.clone()));
             runtime.spawn_source(pipeline, source);
         }
     }

@@ -269,6 +269,10 @@ pub(crate) fn check_url(
     errors: &mut Vec<(String, String)>,
     url: &str,
 ) -> Option<tokio_postgres::Config> {
+    if gearbox_connect::secret::is_reference(url) {
+        // Resolved when the connector is built, never while validating.
+        return None;
+    }
     match url.parse::<tokio_postgres::Config>() {
         Ok(c) if c.get_user().is_some() => Some(c),
         // The URL may hold a password: the error names the field, never the value.
@@ -1696,9 +1700,9 @@ impl PostgresCdc {
         if let Some((field, message)) = config.validate().into_iter().next() {
             return Err(CdcConfigError { field, message });
         }
-        let pg: tokio_postgres::Config = config.url.parse().map_err(|_| CdcConfigError {
+        let pg = super::connection_config(&config.url).map_err(|message| CdcConfigError {
             field: "url".into(),
-            message: "is not a postgres URL".into(),
+            message,
         })?;
         let db = pg
             .get_dbname()
@@ -1762,9 +1766,39 @@ impl PostgresCdc {
     }
 }
 
+/// The slot's gauges for `/metrics`, from the shared counters.
+pub(crate) fn stat_gauges(stats: &Arc<CdcStats>) -> Vec<gearbox_connect::metrics::Gauge> {
+    use gearbox_connect::metrics::Gauge;
+    let gauge = |name: &'static str, read: fn(&CdcStats) -> f64| {
+        let stats = Arc::clone(stats);
+        Gauge {
+            name,
+            read: Box::new(move || read(&stats)),
+        }
+    };
+    vec![
+        gauge("postgres_slot_lag_bytes", |s| {
+            s.lag_bytes.load(Ordering::Relaxed) as f64
+        }),
+        gauge("postgres_confirmed_lsn", |s| {
+            s.confirmed_lsn.load(Ordering::Relaxed) as f64
+        }),
+        gauge("postgres_last_commit_timestamp_seconds", |s| {
+            s.last_commit_ts_ms.load(Ordering::Relaxed) as f64 / 1000.0
+        }),
+        gauge("postgres_snapshot_rows", |s| {
+            s.snapshot_rows.load(Ordering::Relaxed) as f64
+        }),
+    ]
+}
+
 impl Source for PostgresCdc {
     fn kind(&self) -> &'static str {
         "postgres_cdc"
+    }
+
+    fn gauges(&self) -> Vec<gearbox_connect::metrics::Gauge> {
+        stat_gauges(&self.engine.stats)
     }
 
     async fn open(&mut self, cursor: Option<String>) -> Result<(), SourceError> {

@@ -15,3 +15,19 @@ pub mod outbox;
 pub mod pgoutput;
 pub mod upsert;
 pub mod wire;
+
+/// A connection string, or a secret reference (`${env:PG_URL}`) resolved to one.
+///
+/// # Errors
+/// The reference does not resolve, or the string does not parse (the message never holds it).
+pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    if gearbox_connect::secret::is_reference(url) {
+        let resolved = gearbox_connect::secret::resolve(url).map_err(|e| e.to_string())?;
+        resolved
+            .expose()
+            .parse()
+            .map_err(|_| format!("{url} does not resolve to a Postgres connection string"))
+    } else {
+        url.parse().map_err(|e| format!("{e}"))
+    }
+}

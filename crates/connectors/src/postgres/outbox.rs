@@ -327,9 +327,9 @@ impl PostgresOutbox {
         if let Some((field, message)) = config.validate().into_iter().next() {
             return Err(CdcConfigError { field, message });
         }
-        let pg: tokio_postgres::Config = config.url.parse().map_err(|_| CdcConfigError {
+        let pg = super::connection_config(&config.url).map_err(|message| CdcConfigError {
             field: "url".into(),
-            message: "is not a postgres URL".into(),
+            message,
         })?;
         let (schema, table) = split_table(&config.table).ok_or_else(|| CdcConfigError {
             field: "table".into(),
@@ -408,6 +408,10 @@ impl PostgresOutbox {
 impl Source for PostgresOutbox {
     fn kind(&self) -> &'static str {
         "postgres_outbox"
+    }
+
+    fn gauges(&self) -> Vec<gearbox_connect::metrics::Gauge> {
+        super::cdc::stat_gauges(&self.engine.stats)
     }
 
     async fn open(&mut self, cursor: Option<String>) -> Result<(), SourceError> {

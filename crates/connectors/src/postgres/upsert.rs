@@ -183,7 +183,7 @@ impl PostgresUpsert {
         if let Some((field, reason)) = config.validate().into_iter().next() {
             return Err(format!("{field}: {reason}"));
         }
-        let mut pg = connection_config(&config.url).map_err(|e| format!("url: {e}"))?;
+        let mut pg = super::connection_config(&config.url).map_err(|e| format!("url: {e}"))?;
         pg.connect_timeout(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS));
         pg.application_name("gearbox-upsert");
         let paths = config
@@ -440,22 +440,6 @@ impl PostgresUpsert {
             self.conn = None;
         }
         classify(e)
-    }
-}
-
-/// A connection string, or a secret reference (`${env:PG_URL}`) resolved to one.
-///
-/// # Errors
-/// The reference does not resolve, or the string does not parse (the message never holds it).
-pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, String> {
-    if secret::is_reference(url) {
-        let resolved = secret::resolve(url).map_err(|e| e.to_string())?;
-        resolved
-            .expose()
-            .parse()
-            .map_err(|_| format!("{url} does not resolve to a Postgres connection string"))
-    } else {
-        url.parse().map_err(|e| format!("{e}"))
     }
 }
 
