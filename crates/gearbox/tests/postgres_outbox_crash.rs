@@ -118,10 +118,10 @@ async fn writer(db: String, k: usize, stop: Arc<AtomicBool>, ledger: Arc<Mutex<L
         )
         .await
         .unwrap();
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             tx.rollback().await.unwrap();
             ledger.lock().unwrap().rolled_back.insert(id);
         } else {
