@@ -39,8 +39,20 @@ pub const EVENT_BYTES_MAX: usize = 1 << 20;
 pub const TOPIC_BATCH_BYTES_MAX: u32 = 32 << 20;
 /// Most events one read or poll returns.
 pub const READ_EVENTS_MAX: usize = 1000;
-/// Bytes read from the log per step of a read.
+/// Most bytes read from the log per step of a read.
 const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Fewest bytes read from the log per step of a read.
+const READ_CHUNK_BYTES_MIN: usize = 16 << 10;
+/// What a read assumes an event takes in the log when it sizes its steps (a step that comes up
+/// short is followed by another; one too long decodes records that are thrown away).
+const READ_BYTES_PER_EVENT_GUESS: usize = 512;
+
+/// Bytes to read from the log for about `events` events.
+fn read_chunk_for(events: usize) -> usize {
+    events
+        .saturating_mul(READ_BYTES_PER_EVENT_GUESS)
+        .clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES)
+}
 /// Name of the position that records how far a DLQ was redriven.
 const REDRIVE_POSITION: &str = "\u{1}redrive";
 
@@ -922,7 +934,7 @@ impl Broker {
             });
         }
         while out.len() < max && next < hw {
-            let records = part.read_records(next, READ_CHUNK_BYTES)?;
+            let records = part.read_records(next, read_chunk_for(max - out.len()))?;
             if records.is_empty() {
                 break;
             }
@@ -1178,11 +1190,13 @@ impl Broker {
         topic: &str,
         positions: impl Iterator<Item = (u32, u64)>,
     ) -> Result<HashMap<(u32, u64), CloudEvent>, BrokerError> {
+        let positions: Vec<(u32, u64)> = positions.collect();
+        let chunk = read_chunk_for(positions.len());
         let mut cache: HashMap<(u32, u64), CloudEvent> = HashMap::new();
         for t in positions {
             if !cache.contains_key(&t) {
                 let part = self.partition(entry, t.0)?;
-                for r in part.read_records(t.1, READ_CHUNK_BYTES / 4)? {
+                for r in part.read_records(t.1, chunk)? {
                     cache.insert(
                         (t.0, r.offset as u64),
                         CloudEvent::from_record(&r, topic, t.0),

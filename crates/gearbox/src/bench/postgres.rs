@@ -111,13 +111,13 @@ async fn run_async(args: &PostgresArgs) -> anyhow::Result<()> {
         args.events, args.batch, args.partitions
     );
     println!(
-        "{:<28} {:>12} {:>10} {:>12}",
+        "{:<34} {:>12} {:>10} {:>12}",
         "case", "events/s", "seconds", "vs insert"
     );
     for c in &cases {
         let rate = c.events as f64 / c.secs;
         println!(
-            "{:<28} {:>12.0} {:>10.2} {:>11.2}x",
+            "{:<34} {:>12.0} {:>10.2} {:>11.2}x",
             c.name,
             rate,
             c.secs,
@@ -145,41 +145,7 @@ async fn cases(
 
     // The baseline: multi-row INSERTs, one transaction per batch.
     let started = Instant::now();
-    for first in (0..args.events).step_by(args.batch) {
-        let rows: Vec<_> = (first..(first + args.batch).min(args.events))
-            .map(|n| order(n, 0))
-            .collect();
-        let times: Vec<chrono::DateTime<chrono::FixedOffset>> = rows
-            .iter()
-            .map(|r| chrono::DateTime::parse_from_rfc3339(&r.3))
-            .collect::<Result<_, _>>()?;
-        let mut sql = format!(
-            "INSERT INTO {schema}.plain (order_id, customer_id, amount_cents, event_time) VALUES "
-        );
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(rows.len() * 4);
-        for (i, (r, t)) in rows.iter().zip(&times).enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let b = i * 4;
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}::timestamptz)",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4
-            ));
-            params.extend([
-                &r.0 as &(dyn ToSql + Sync),
-                &r.1 as &(dyn ToSql + Sync),
-                &r.2 as &(dyn ToSql + Sync),
-                t as &(dyn ToSql + Sync),
-            ]);
-        }
-        client.batch_execute("BEGIN").await?;
-        client.execute(&sql, &params).await?;
-        client.batch_execute("COMMIT").await?;
-    }
+    insert_rows(client, &format!("{schema}.plain"), args.events, args.batch).await?;
     out.push(Case {
         name: "insert (baseline)",
         events: args.events,
@@ -187,6 +153,7 @@ async fn cases(
     });
 
     let scratch = Scratch::create(args.dir.as_deref(), false)?;
+    out.extend(cdc_cases(args, client, schema, &scratch).await?);
     let broker = Arc::new(Broker::open(scratch.path(), BrokerConfig::durable())?);
     for (topic, version, name) in [
         ("orders-new", 0, "upsert-sink (new keys)"),
@@ -216,6 +183,205 @@ async fn cases(
         });
     }
     Ok(out)
+}
+
+/// The rows of the baseline inserted into `table`, one multi-row `INSERT` per transaction.
+async fn insert_rows(
+    client: &tokio_postgres::Client,
+    table: &str,
+    events: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
+    for first in (0..events).step_by(batch) {
+        let rows: Vec<_> = (first..(first + batch).min(events))
+            .map(|n| order(n, 0))
+            .collect();
+        let times: Vec<chrono::DateTime<chrono::FixedOffset>> = rows
+            .iter()
+            .map(|r| chrono::DateTime::parse_from_rfc3339(&r.3))
+            .collect::<Result<_, _>>()?;
+        let mut sql = format!(
+            "INSERT INTO {table} (order_id, customer_id, amount_cents, event_time) VALUES "
+        );
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(rows.len() * 4);
+        for (i, (r, t)) in rows.iter().zip(&times).enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let b = i * 4;
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}::timestamptz)",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4
+            ));
+            params.extend([
+                &r.0 as &(dyn ToSql + Sync),
+                &r.1 as &(dyn ToSql + Sync),
+                &r.2 as &(dyn ToSql + Sync),
+                t as &(dyn ToSql + Sync),
+            ]);
+        }
+        client.batch_execute("BEGIN").await?;
+        client.execute(&sql, &params).await?;
+        client.batch_execute("COMMIT").await?;
+    }
+    Ok(())
+}
+
+/// CDC: a slot is made (the pipeline starts once and stops), the baseline's rows are inserted
+/// while nothing reads the slot, then the pipeline starts again and drains them into a topic:
+/// seconds from that start until every change is appended.
+async fn cdc_cases(
+    args: &PostgresArgs,
+    client: &tokio_postgres::Client,
+    schema: &str,
+    scratch: &Scratch,
+) -> anyhow::Result<Vec<Case>> {
+    use gearbox_connect::runtime::SourcePipeline;
+    use gearbox_connect::topic::Template;
+    use gearbox_connectors::postgres::cdc::{CdcConfig, PostgresCdc};
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.cdc_src (order_id text PRIMARY KEY, customer_id text, \
+             amount_cents integer, event_time timestamptz)"
+        ))
+        .await?;
+    let slot = schema.to_string();
+    let config: CdcConfig = serde_json::from_value(json!({
+        "url": args.url, "slot": slot, "publication": slot,
+        "tables": [format!("{schema}.cdc_src")], "snapshot": "never",
+    }))?;
+    let broker = Arc::new(Broker::open(
+        &scratch.path().join("cdc"),
+        BrokerConfig::durable(),
+    )?);
+    broker.create_topic("cdc", args.partitions, Retention::FOREVER)?;
+    let pipeline = SourcePipeline {
+        common: Common {
+            name: "bench-cdc".into(),
+            retry: RetryConfig {
+                attempts_max: 3,
+                initial_ms: 50,
+                max_ms: 1000,
+                multiplier: 2.0,
+                total_ms_max: None,
+            },
+            breaker: BreakerConfig {
+                failures_max: 5,
+                open_ms: 1000,
+                half_open_probes: 1,
+            },
+            rate_limit: None,
+            freshness_ms: None,
+            transforms: Chain::new(vec![]),
+            batch_records_max: args.batch.min(gearbox_connect::runtime::BATCH_RECORDS_MAX),
+        },
+        to: Template::parse("cdc").map_err(|e| anyhow::anyhow!(e))?,
+        routes: Vec::new(),
+        dead_letter: "cdc".into(),
+    };
+    let result = async {
+        // Make the slot, then stop reading it.
+        let registry = Arc::new(Registry::default());
+        let mut runtime = Runtime::new(Arc::new(Embedded::new(broker.clone())), registry.clone());
+        runtime.spawn_source(
+            pipeline.clone(),
+            PostgresCdc::new(config.clone()).map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let started = Instant::now();
+        while client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .is_none()
+        {
+            if let Some(f) = registry.get("bench-cdc").and_then(|m| m.failure()) {
+                bail!("cdc: {f}");
+            }
+            if started.elapsed() > CASE_TIMEOUT {
+                bail!("cdc: no slot after {CASE_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        runtime.shutdown(Duration::from_secs(10)).await;
+
+        let started = Instant::now();
+        insert_rows(
+            client,
+            &format!("{schema}.cdc_src"),
+            args.events,
+            args.batch,
+        )
+        .await?;
+        let insert_secs = started.elapsed().as_secs_f64();
+
+        let registry = Arc::new(Registry::default());
+        let mut runtime = Runtime::new(Arc::new(Embedded::new(broker.clone())), registry.clone());
+        let started = Instant::now();
+        runtime.spawn_source(
+            pipeline.clone(),
+            PostgresCdc::new(config.clone()).map_err(|e| anyhow::anyhow!(e))?,
+        );
+        loop {
+            let stored: u64 = broker
+                .describe_topic("cdc")?
+                .offsets
+                .iter()
+                .map(|p| p.high_watermark)
+                .sum();
+            if stored >= args.events as u64 {
+                break;
+            }
+            if let Some(f) = registry.get("bench-cdc").and_then(|m| m.failure()) {
+                bail!("cdc: {f}");
+            }
+            if started.elapsed() > CASE_TIMEOUT {
+                bail!(
+                    "cdc: {stored} of {} changes in {CASE_TIMEOUT:?}",
+                    args.events
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let cdc_secs = started.elapsed().as_secs_f64();
+        runtime.shutdown(Duration::from_secs(10)).await;
+        Ok(vec![
+            Case {
+                name: "insert (table in a publication)",
+                events: args.events,
+                secs: insert_secs,
+            },
+            Case {
+                name: "cdc (drain the slot)",
+                events: args.events,
+                secs: cdc_secs,
+            },
+        ])
+    }
+    .await;
+    // The walsender may take a moment to go after the pipeline stops.
+    for _ in 0..100 {
+        if client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{slot}\""))
+        .await?;
+    result
 }
 
 /// Applies `topic` with the upsert sink from offset 0; seconds until the positions cover it.
