@@ -369,9 +369,13 @@ impl Backbone for Embedded {
             // Registered before the read, so a publish between the read and the wait wakes it.
             let woken = notify.notified();
             let (t, from2) = (topic.to_string(), from.clone());
-            let read = self
-                .blocking(move |b| read_positions(b, &t, &from2, max))
-                .await?;
+            let broker = self.broker.clone();
+            let read =
+                tokio::task::spawn_blocking(move || read_positions(&broker, &t, &from2, max))
+                    .await
+                    .map_err(|e| {
+                        BackboneError::Unavailable(format!("storage task failed: {e}"))
+                    })??;
             if !read.events.is_empty() || !read.skipped.is_empty() {
                 return Ok(read);
             }
@@ -406,7 +410,7 @@ fn read_positions(
     topic: &str,
     from: &[(u32, u64)],
     max: usize,
-) -> Result<Read, BrokerError> {
+) -> Result<Read, BackboneError> {
     let mut out = Read::default();
     let share = (max / from.len().max(1)).max(1);
     for &(partition, offset) in from {
@@ -420,9 +424,20 @@ fn read_positions(
                 log_start_offset, ..
             }) if offset < log_start_offset => {
                 out.skipped.push((partition, offset, log_start_offset));
-                broker.read(topic, partition, log_start_offset, room)?.0
+                broker
+                    .read(topic, partition, log_start_offset, room)
+                    .map_err(BackboneError::from)?
+                    .0
             }
-            Err(e) => return Err(e),
+            Err(BrokerError::OffsetOutOfRange { high_watermark, .. }) => {
+                // Past the end: the topic was recreated, or the positions come from another log.
+                // Waiting cannot fix that.
+                return Err(BackboneError::NotFound(format!(
+                    "position {offset} of {topic}/{partition} is past its end ({high_watermark}): \
+                     the topic was recreated, or the stored positions belong to another log"
+                )));
+            }
+            Err(e) => return Err(e.into()),
         };
         out.events.extend(events);
     }

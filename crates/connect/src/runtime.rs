@@ -650,7 +650,7 @@ impl<B: Backbone> SourceTask<B> {
                     })
                     .collect();
                 let result = self
-                    .with_retries_keep_rejected("append", || {
+                    .with_retries_keep_rejected("append", topic, || {
                         self.backbone.publish(topic, events.clone())
                     })
                     .await?;
@@ -732,13 +732,17 @@ impl<B: Backbone> SourceTask<B> {
     async fn with_retries_keep_rejected<T, F, Fut>(
         &self,
         stage: &str,
+        topic: &str,
         mut op: F,
     ) -> Result<Result<T, Refused>, Halt>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackboneError>>,
     {
-        let templated = !self.pipeline.to.is_literal();
+        // Only a topic the template rendered; a route's fixed topic missing is a configuration
+        // error, as a plain `to` is.
+        let templated = !self.pipeline.to.is_literal()
+            && !self.pipeline.routes.iter().any(|r| r.topic == topic);
         self.with_retries(stage, || {
             let fut = op();
             async move {
@@ -1116,6 +1120,7 @@ impl<B: Backbone> TxSinkTask<B> {
         let mut positions: BTreeMap<u32, u64> = start.into_iter().collect();
         let fresh = stored.is_empty();
         let mut prefetched: Option<PrefetchGuard> = None;
+        let mut round: usize = 0;
         positions.extend(stored);
         if fresh {
             // Store where `start` put us before reading, so a restart resumes there and not at
@@ -1134,7 +1139,13 @@ impl<B: Backbone> TxSinkTask<B> {
                 }
                 continue;
             }
-            let from_positions: Vec<(u32, u64)> = positions.iter().map(|(&p, &o)| (p, o)).collect();
+            // Each read starts at the next partition, so that with more partitions than room in a
+            // batch none waits behind the others for ever.
+            round = round.wrapping_add(1);
+            let mut from_positions: Vec<(u32, u64)> =
+                positions.iter().map(|(&p, &o)| (p, o)).collect();
+            let turn = round % from_positions.len().max(1);
+            from_positions.rotate_left(turn);
             let max = self.pipeline.common.batch_records_max;
             let prepared = match prefetched.take() {
                 // The read the previous batch started while it was being applied, from the
@@ -1199,7 +1210,10 @@ impl<B: Backbone> TxSinkTask<B> {
             // whatever happens to it (it is retried until it commits, or narrowed down and
             // committed event by event). At most one read ahead.
             prefetched = Some(PrefetchGuard(tokio::spawn({
-                let (backbone, from, at) = (self.backbone.clone(), from.clone(), at.clone());
+                let mut at = at.clone();
+                let turn = (round + 1) % at.len().max(1);
+                at.rotate_left(turn);
+                let (backbone, from) = (self.backbone.clone(), from.clone());
                 let transforms = self.pipeline.common.transforms.clone();
                 async move {
                     let read = backbone.read(&from, at, max, 0).await?;
@@ -1211,7 +1225,10 @@ impl<B: Backbone> TxSinkTask<B> {
             if let Some(limiter) = &self.limiter
                 && !records.is_empty()
             {
-                limiter.acquire().await;
+                tokio::select! {
+                    () = limiter.acquire() => {}
+                    _ = self.stop.changed() => return Err(TxHalt::Stopped),
+                }
             }
             match self.apply(sink, &mut breaker, &records, &at).await? {
                 Ok(()) => {}
@@ -1370,7 +1387,7 @@ impl<B: Backbone> TxSinkTask<B> {
             return Ok(());
         }
         let name = self.pipeline.common.name.clone();
-        let events: Vec<CloudEvent> = dead
+        let mut events: Vec<CloudEvent> = dead
             .iter()
             .map(
                 |(e, error)| match self::dead(&name, &e.event.to_json(), "sink", error) {
@@ -1388,6 +1405,13 @@ impl<B: Backbone> TxSinkTask<B> {
                 Ok(()) => {
                     self.metrics.dead_lettered(events.len());
                     return Ok(());
+                }
+                // An event near the size limit that its `dlq*` attributes pushed over it: its
+                // dead letter keeps the attributes, not the data (as a source's does).
+                Err(BackboneError::Rejected { index, .. })
+                    if events.get(index).is_some_and(|e| e.data.is_some()) =>
+                {
+                    events[index] = strip_data(events[index].clone());
                 }
                 Err(BackboneError::Unavailable(e)) => {
                     self.metrics.error("dead_letter", "unavailable");

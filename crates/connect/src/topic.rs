@@ -143,6 +143,13 @@ impl Template {
                 }
             }
         }
+        if out.ends_with(gearbox_core::broker::DLQ_SUFFIX) {
+            // Dead-letter topics live beside the others; data must not name one.
+            return Err(format!(
+                "topic template {:?}: {out:?} is a dead-letter topic",
+                self.text
+            ));
+        }
         Ok(out)
     }
 }
@@ -178,6 +185,7 @@ mod tests {
         }))
         .unwrap();
         e.extensions.insert("slash".into(), "x/y".into());
+        e.extensions.insert("dlq".into(), "orders.dlq".into());
         e
     }
 
@@ -229,5 +237,10 @@ mod tests {
             .render(&event())
             .unwrap_err();
         assert!(e.contains("'/'"), "{e}");
+        let e = Template::parse("{dlq}")
+            .unwrap()
+            .render(&event())
+            .unwrap_err();
+        assert!(e.contains("dead-letter"), "{e}");
     }
 }

@@ -18,8 +18,10 @@
 //!
 //! ```sql
 //! INSERT INTO silver.orders AS t (order_id, customer_id, amount_cents, event_time)
-//! SELECT order_id, customer_id, amount_cents, event_time
-//!   FROM jsonb_to_recordset($1::jsonb) AS r(order_id text, customer_id text, ...)
+//! SELECT DISTINCT ON (order_id) order_id, customer_id, amount_cents, event_time
+//!   FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (order_id text, customer_id text, ...))
+//!        WITH ORDINALITY AS r(order_id, customer_id, amount_cents, event_time, gearbox_ord)
+//!  ORDER BY order_id, event_time DESC NULLS LAST, gearbox_ord DESC  -- `event_time`: `version`
 //! ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, ...
 //!   WHERE t.event_time <= EXCLUDED.event_time   -- only with `version`
 //! ```
@@ -29,8 +31,11 @@
 //! concurrent writers, which `MERGE` on 15 is not (it can fail with a unique violation when two
 //! sessions insert the same new key).
 //!
-//! Within a batch, rows are reduced to one per key first (the highest `version`, or the last in
-//! log order), because one `INSERT … ON CONFLICT` may not touch a row twice.
+//! Within a batch, `DISTINCT ON` keeps one row per key (the newest `version`, then the last in
+//! log order), because one `INSERT … ON CONFLICT` may not touch a row twice. Postgres chooses it
+//! on the typed values, so keys and versions compare as the columns do (`1` and `"1"` for an
+//! integer key are one key; `"10"` is newer than `"9"` for a `bigint` version), exactly as the
+//! guard below compares them.
 //!
 //! # Late and out-of-order events
 //!
@@ -43,10 +48,13 @@
 //! # Failures
 //!
 //! Connection loss, serialization failures, deadlocks and server shutdowns are transient: the
-//! runtime retries the same batch with backoff, reconnecting first. Data errors (SQLSTATE
-//! classes 22, 23) and schema errors (42) are permanent: the runtime narrows the batch down to
-//! the event that causes it and dead-letters that event. An event missing a key field never
-//! reaches the database ([`TransactionalSink::check`]).
+//! runtime retries the same batch with backoff, reconnecting first. So are schema and permission
+//! errors (SQLSTATE classes 42 and 28, a missing table or column): no event causes them, and
+//! dead-lettering would drain the stream, so the batch waits (breaker open, health `error`)
+//! until an operator fixes the table or the grant. Errors one event causes (classes 21, 22, 23:
+//! a value that does not convert, a constraint it breaks) are permanent: the runtime narrows the
+//! batch down to that event and dead-letters it. An event missing a key field never reaches the
+//! database ([`TransactionalSink::check`]).
 
 use gearbox_connect::secret;
 use gearbox_connect::sink::{SinkError, SinkRecord, TransactionalSink};
@@ -63,6 +71,8 @@ pub const KEY_COLUMNS_MAX: usize = 16;
 pub const POSITIONS_TABLE_DEFAULT: &str = "gearbox_sink_positions";
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// The name the statement gives each row's position in the batch; no mapped column may have it.
+pub const ORDINAL_COLUMN: &str = "gearbox_ord";
 
 /// The sink's section: `sink: {postgres_upsert: {...}}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +120,12 @@ impl UpsertConfig {
             if let Err(e) = ident(column) {
                 bad(&format!("columns.{column}"), e);
             }
+            if column == ORDINAL_COLUMN {
+                bad(
+                    &format!("columns.{column}"),
+                    format!("{ORDINAL_COLUMN:?} is reserved by the sink's statement"),
+                );
+            }
             if let Err(e) = parse_path(path) {
                 bad(&format!("columns.{column}"), e);
             }
@@ -129,6 +145,18 @@ impl UpsertConfig {
             && !self.columns.contains_key(v)
         {
             bad("version", format!("{v:?} is not a mapped column"));
+        }
+        if let (Some(v), Some(update)) = (&self.version, &self.update)
+            && !update.is_empty()
+            && !update.contains(v)
+        {
+            bad(
+                "update",
+                format!(
+                    "must include the version column {v:?}, or the guard keeps comparing \
+                     against a version that never moves"
+                ),
+            );
         }
         for (i, c) in self.update.iter().flatten().enumerate() {
             if !self.columns.contains_key(c) || self.key.contains(c) {
@@ -262,16 +290,21 @@ impl PostgresUpsert {
             .await
             .map_err(classify)?;
         let types: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        // Schema problems wait for an operator (transient), like the server's errors 42.
+        let schema_problem = |message: String| SinkError::Transient {
+            message,
+            retry_after_ms: None,
+        };
         if types.is_empty() {
-            return Err(permanent(format!(
-                "table: {} does not exist",
+            return Err(schema_problem(format!(
+                "table: {} does not exist (or is not visible to this user)",
                 self.config.table
             )));
         }
         let mut defs = Vec::new();
         for column in self.config.columns.keys() {
             let Some(ty) = types.get(column) else {
-                return Err(permanent(format!(
+                return Err(schema_problem(format!(
                     "columns.{column}: {} has no column {column:?}",
                     self.config.table
                 )));
@@ -301,9 +334,20 @@ impl PostgresUpsert {
             });
             format!("DO UPDATE SET {}{guard}", set.join(", "))
         };
+        // One row per key, chosen by Postgres on the typed values (so `1`, `1.0` and `"1"` for an
+        // integer key are one key, and versions compare as the column's type does): the newest
+        // version, then the last in log order.
+        let newest = self
+            .config
+            .version
+            .as_ref()
+            .map_or(String::new(), |v| format!("{} DESC NULLS LAST, ", quote(v)));
         let upsert = format!(
-            "INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM jsonb_to_recordset($1::jsonb) \
-             AS r({defs}) ON CONFLICT ({key}) {action}",
+            "INSERT INTO {table} AS t ({cols}) SELECT DISTINCT ON ({key}) {cols} \
+             FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS ({defs})) \
+             WITH ORDINALITY AS r({cols}, {ORDINAL_COLUMN}) \
+             ORDER BY {key}, {newest}{ORDINAL_COLUMN} DESC \
+             ON CONFLICT ({key}) {action}",
             table = quote_table(&(schema, name)),
             cols = cols.join(", "),
             defs = defs.join(", "),
@@ -338,36 +382,12 @@ impl PostgresUpsert {
         Ok(row)
     }
 
-    /// One row per key: the highest version, or the last in the batch.
-    fn reduce(&self, batch: &[SinkRecord]) -> Result<Vec<Value>, SinkError> {
-        let mut by_key: HashMap<String, usize> = HashMap::new();
-        let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(batch.len());
-        for r in batch {
-            let row = self.row(r).map_err(permanent)?;
-            let key = self
-                .config
-                .key
-                .iter()
-                .map(|k| row[k].to_string())
-                .collect::<Vec<_>>()
-                .join("\u{1f}");
-            match by_key.get(&key) {
-                Some(&i) => {
-                    let newer = match &self.config.version {
-                        Some(v) => compare_versions(&row[v], &rows[i][v]).is_ge(),
-                        None => true,
-                    };
-                    if newer {
-                        rows[i] = row;
-                    }
-                }
-                None => {
-                    by_key.insert(key, rows.len());
-                    rows.push(row);
-                }
-            }
-        }
-        Ok(rows.into_iter().map(Value::Object).collect())
+    /// The rows of a batch, in log order (Postgres keeps one per key, see `prepare`).
+    fn rows(&self, batch: &[SinkRecord]) -> Result<Vec<Value>, SinkError> {
+        batch
+            .iter()
+            .map(|r| self.row(r).map(Value::Object).map_err(permanent))
+            .collect()
     }
 }
 
@@ -398,10 +418,18 @@ impl TransactionalSink for PostgresUpsert {
             )
             .await
             .map_err(|e| self.drop_on(e))?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64))
-            .collect())
+        rows.iter()
+            .map(|r| match (r.try_get::<_, i32>(0), r.try_get::<_, i64>(1)) {
+                (Ok(p), Ok(o)) if p >= 0 && o >= 0 => Ok((p as u32, o as u64)),
+                _ => Err(SinkError::Transient {
+                    message: format!(
+                        "positions_table: {table} does not have the sink's shape \
+                         (partition integer, next_offset bigint, both non-negative)"
+                    ),
+                    retry_after_ms: None,
+                }),
+            })
+            .collect()
     }
 
     fn check(&self, record: &SinkRecord) -> Result<(), String> {
@@ -413,7 +441,7 @@ impl TransactionalSink for PostgresUpsert {
         batch: &[SinkRecord],
         positions: &[(u32, u64)],
     ) -> Result<(), SinkError> {
-        let rows = self.reduce(batch)?;
+        let rows = self.rows(batch)?;
         let (sink, topic) = (self.sink.clone(), self.topic.clone());
         let partitions: Vec<i32> = positions.iter().map(|&(p, _)| p as i32).collect();
         let offsets: Vec<i64> = positions.iter().map(|&(_, o)| o as i64).collect();
@@ -449,11 +477,15 @@ fn permanent(message: impl Into<String>) -> SinkError {
     }
 }
 
-/// Data (22), integrity (23) and schema (42) errors never heal by retrying; the rest may.
+/// Errors one event causes (data exceptions, 22; integrity violations, 23; cardinality, 21) are
+/// permanent: the runtime finds that event and dead-letters it. Everything else is transient,
+/// including schema and permission errors (42, 28): no event causes those, so dead-lettering
+/// would drain the stream; the batch waits, with backoff and an open breaker, until an operator
+/// fixes the table or the grant.
 fn classify(e: tokio_postgres::Error) -> SinkError {
     match e.as_db_error() {
         Some(db)
-            if ["22", "23", "42"]
+            if ["21", "22", "23"]
                 .iter()
                 .any(|c| db.code().code().starts_with(c)) =>
         {
@@ -474,28 +506,6 @@ fn classify(e: tokio_postgres::Error) -> SinkError {
             message: format!("postgres: {e}"),
             retry_after_ms: None,
         },
-    }
-}
-
-fn compare_versions(a: &Value, b: &Value) -> std::cmp::Ordering {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x
-            .as_f64()
-            .partial_cmp(&y.as_f64())
-            .unwrap_or(std::cmp::Ordering::Equal),
-        (Value::String(x), Value::String(y)) => {
-            match (
-                chrono::DateTime::parse_from_rfc3339(x),
-                chrono::DateTime::parse_from_rfc3339(y),
-            ) {
-                (Ok(x), Ok(y)) => x.cmp(&y),
-                _ => x.cmp(y),
-            }
-        }
-        (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
-        (Value::Null, _) => std::cmp::Ordering::Less,
-        (_, Value::Null) => std::cmp::Ordering::Greater,
-        _ => std::cmp::Ordering::Equal,
     }
 }
 
@@ -621,36 +631,14 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_keeps_one_row_per_key_the_newest() {
-        let sink = PostgresUpsert::new(config(json!({"version": "event_time"})), "p", "t").unwrap();
-        let e = |id: &str, amount: i64, time: &str, offset| {
-            record(
-                json!({"time": time, "data": {"order_id": id, "amount_cents": amount}}),
-                offset,
-            )
-        };
-        let rows = sink
-            .reduce(&[
-                e("a", 1, "2026-01-01T00:00:02Z", 0),
-                e("b", 5, "2026-01-01T00:00:01Z", 1),
-                e("a", 2, "2026-01-01T00:00:01Z", 2), // late: older than the first
-                e("a", 3, "2026-01-01T00:00:03Z", 3),
-            ])
-            .unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0]["amount_cents"], 3);
-        assert_eq!(rows[1]["amount_cents"], 5);
-        let sink = PostgresUpsert::new(config(json!({})), "p", "t").unwrap();
-        let rows = sink
-            .reduce(&[
-                e("a", 1, "2026-01-01T00:00:02Z", 0),
-                e("a", 2, "2026-01-01T00:00:01Z", 1),
-            ])
-            .unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(
-            rows[0]["amount_cents"], 2,
-            "without a version, the last wins"
-        );
+    fn the_version_column_must_be_updated_when_update_is_listed() {
+        let c = config(json!({"version": "event_time", "update": ["amount_cents"]}));
+        let fields: Vec<String> = c.validate().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["update"]);
+        let c = config(json!({"version": "event_time", "update": ["amount_cents", "event_time"]}));
+        assert!(c.validate().is_empty());
+        let c = config(json!({"columns": {"order_id": "data.order_id", "gearbox_ord": "id"}}));
+        let fields: Vec<String> = c.validate().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["columns.gearbox_ord"]);
     }
 }
