@@ -8,6 +8,8 @@ mod support;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::{Server, free_port};
 
@@ -34,14 +36,22 @@ fn stored(server: &Server) -> BTreeMap<String, (usize, String)> {
     out
 }
 
-/// Publishes `MESSAGES` readings at QoS 1, paced so that the kills land mid-stream; returns the
-/// sequence numbers Mosquitto acknowledged.
-async fn publish(prefix: String) -> usize {
+/// Publishes `MESSAGES` readings at QoS 1, paced so that the kills land mid-stream: before each
+/// of the last `KILLS` quarters it waits until one more kill has happened (`kills`), so a kill
+/// never comes after the last message whatever the machine's speed. Returns how many messages
+/// Mosquitto acknowledged.
+async fn publish(prefix: String, kills: Arc<AtomicUsize>) -> usize {
     let mut options = MqttOptions::new(unique("pub"), "127.0.0.1", 1883);
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let sender = tokio::spawn(async move {
+        let quarter = MESSAGES / (KILLS + 1);
         for seq in 0..MESSAGES {
+            if seq > 0 && seq % quarter == 0 {
+                while kills.load(Ordering::SeqCst) < (seq / quarter).min(KILLS) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
             let sensor = format!("s-{}", seq % 7);
             let payload = json!({"seq": seq, "temp": 20.0 + (seq % 10) as f64 / 10.0});
             client
@@ -141,7 +151,8 @@ pipelines:
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let publisher = rt.spawn(publish(prefix.clone()));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let publisher = rt.spawn(publish(prefix.clone(), kills.clone()));
     let mut seen_at_kill = Vec::new();
     for _ in 0..KILLS {
         // Kill once more messages have arrived since the last restart (mid-stream).
@@ -152,6 +163,7 @@ pipelines:
         }
         seen_at_kill.push(stored(&server).len());
         server.kill9();
+        kills.fetch_add(1, Ordering::SeqCst);
         // Down for a moment while the publisher keeps going: Mosquitto queues for the session.
         std::thread::sleep(Duration::from_millis(100));
         server.restart_after_kill9();

@@ -259,25 +259,7 @@ async fn cdc_cases(
     )?);
     broker.create_topic("cdc", args.partitions, Retention::FOREVER)?;
     let pipeline = SourcePipeline {
-        common: Common {
-            name: "bench-cdc".into(),
-            retry: RetryConfig {
-                attempts_max: 3,
-                initial_ms: 50,
-                max_ms: 1000,
-                multiplier: 2.0,
-                total_ms_max: None,
-            },
-            breaker: BreakerConfig {
-                failures_max: 5,
-                open_ms: 1000,
-                half_open_probes: 1,
-            },
-            rate_limit: None,
-            freshness_ms: None,
-            transforms: Chain::new(vec![]),
-            batch_records_max: args.batch.min(gearbox_connect::runtime::BATCH_RECORDS_MAX),
-        },
+        common: bench_common("bench-cdc", args.batch),
         to: Template::parse("cdc").map_err(|e| anyhow::anyhow!(e))?,
         routes: Vec::new(),
         dead_letter: "cdc".into(),
@@ -384,6 +366,30 @@ async fn cdc_cases(
     result
 }
 
+/// A bench pipeline's settings: no transforms, quick retries, batches of `batch` (at most the
+/// runtime's limit).
+fn bench_common(name: &str, batch: usize) -> Common {
+    Common {
+        name: name.to_string(),
+        retry: RetryConfig {
+            attempts_max: 3,
+            initial_ms: 50,
+            max_ms: 1000,
+            multiplier: 2.0,
+            total_ms_max: None,
+        },
+        breaker: BreakerConfig {
+            failures_max: 5,
+            open_ms: 1000,
+            half_open_probes: 1,
+        },
+        rate_limit: None,
+        freshness_ms: None,
+        transforms: Chain::new(vec![]),
+        batch_records_max: batch.min(gearbox_connect::runtime::BATCH_RECORDS_MAX),
+    }
+}
+
 /// Applies `topic` with the upsert sink from offset 0; seconds until the positions cover it.
 async fn sink_case(
     args: &PostgresArgs,
@@ -401,25 +407,7 @@ async fn sink_case(
         "positions_table": format!("{schema}.positions"),
     }))?;
     let pipeline = SinkPipeline {
-        common: Common {
-            name: format!("bench-{topic}"),
-            retry: RetryConfig {
-                attempts_max: 3,
-                initial_ms: 50,
-                max_ms: 1000,
-                multiplier: 2.0,
-                total_ms_max: None,
-            },
-            breaker: BreakerConfig {
-                failures_max: 5,
-                open_ms: 1000,
-                half_open_probes: 1,
-            },
-            rate_limit: None,
-            freshness_ms: None,
-            transforms: Chain::new(vec![]),
-            batch_records_max: args.batch,
-        },
+        common: bench_common(&format!("bench-{topic}"), args.batch),
         from: topic.to_string(),
         start: Start::Earliest,
         lock_ms: 30_000,
