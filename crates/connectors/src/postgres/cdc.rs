@@ -265,6 +265,29 @@ pub(crate) fn split_table(name: &str) -> Option<(String, String)> {
     (part_ok(schema) && part_ok(table)).then(|| (schema.to_string(), table.to_string()))
 }
 
+/// The WAL-retention guard's settings, shared by the CDC source and the outbox relay.
+pub(crate) fn check_lag_guard(
+    errors: &mut Vec<(String, String)>,
+    warn: Option<u64>,
+    max: Option<u64>,
+    on_max: OnLagMax,
+) {
+    if let (Some(w), Some(m)) = (warn, max)
+        && w > m
+    {
+        errors.push((
+            "lag_bytes_warn".into(),
+            "must not exceed lag_bytes_max".into(),
+        ));
+    }
+    if max == Some(0) {
+        errors.push(("lag_bytes_max".into(), "must be positive".into()));
+    }
+    if on_max != OnLagMax::Warn && max.is_none() {
+        errors.push(("on_lag_max".into(), "needs lag_bytes_max".into()));
+    }
+}
+
 pub(crate) fn check_url(
     errors: &mut Vec<(String, String)>,
     url: &str,
@@ -317,20 +340,12 @@ impl CdcConfig {
         {
             errors.push(("source".into(), "must not be empty".into()));
         }
-        if let (Some(w), Some(m)) = (self.lag_bytes_warn, self.lag_bytes_max)
-            && w > m
-        {
-            errors.push((
-                "lag_bytes_warn".into(),
-                "must not exceed lag_bytes_max".into(),
-            ));
-        }
-        if self.lag_bytes_max == Some(0) {
-            errors.push(("lag_bytes_max".into(), "must be positive".into()));
-        }
-        if self.on_lag_max != OnLagMax::Warn && self.lag_bytes_max.is_none() {
-            errors.push(("on_lag_max".into(), "needs lag_bytes_max".into()));
-        }
+        check_lag_guard(
+            &mut errors,
+            self.lag_bytes_warn,
+            self.lag_bytes_max,
+            self.on_lag_max,
+        );
         if !(STATUS_INTERVAL_MS_MIN..=STATUS_INTERVAL_MS_MAX).contains(&self.status_interval_ms) {
             errors.push((
                 "status_interval_ms".into(),

@@ -51,7 +51,7 @@
 use super::cdc::{
     CdcConfigError, CdcStats, Change, Engine, EngineConfig, Mapper, OnLagMax,
     STATUS_INTERVAL_MS_DEFAULT, STATUS_INTERVAL_MS_MAX, STATUS_INTERVAL_MS_MIN, SnapRow,
-    check_name, check_url, ensure_publication, pg_error, split_table,
+    check_lag_guard, check_name, check_url, ensure_publication, pg_error, split_table,
 };
 use super::pgoutput::{self, ColumnValue};
 use super::wire::quote_ident;
@@ -144,6 +144,12 @@ pub struct OutboxConfig {
     /// Lag, in bytes, past which a warning is logged.
     #[serde(default)]
     pub lag_bytes_warn: Option<u64>,
+    /// Lag, in bytes, past which `on_lag_max` applies (the CDC source's guard).
+    #[serde(default)]
+    pub lag_bytes_max: Option<u64>,
+    /// What happens past `lag_bytes_max`: `warn`, `pause` or `drop_slot`.
+    #[serde(default)]
+    pub on_lag_max: OnLagMax,
 }
 
 fn default_table() -> String {
@@ -185,6 +191,12 @@ impl OutboxConfig {
                 format!("must be {STATUS_INTERVAL_MS_MIN} to {STATUS_INTERVAL_MS_MAX}"),
             ));
         }
+        check_lag_guard(
+            &mut errors,
+            self.lag_bytes_warn,
+            self.lag_bytes_max,
+            self.on_lag_max,
+        );
         errors
     }
 }
@@ -343,8 +355,8 @@ impl PostgresOutbox {
                 snapshot: true,
                 create_slot: true,
                 lag_bytes_warn: config.lag_bytes_warn,
-                lag_bytes_max: None,
-                on_lag_max: OnLagMax::Warn,
+                lag_bytes_max: config.lag_bytes_max,
+                on_lag_max: config.on_lag_max,
                 status_interval_ms: config.status_interval_ms,
                 application_name: format!("gearbox-outbox-{}", config.slot),
             },
@@ -569,5 +581,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("archive"));
+        // The lag guard is the CDC source's, checked the same way.
+        let guard = |v: serde_json::Value| {
+            let mut c = json!({"url": "postgres://postgres@h/db", "slot": "s", "publication": "p"});
+            for (k, x) in v.as_object().unwrap() {
+                c[k] = x.clone();
+            }
+            let c: OutboxConfig = serde_json::from_value(c).unwrap();
+            c.validate().into_iter().map(|(p, _)| p).collect::<Vec<_>>()
+        };
+        assert_eq!(guard(json!({"on_lag_max": "pause"})), ["on_lag_max"]);
+        assert_eq!(
+            guard(json!({"lag_bytes_warn": 10, "lag_bytes_max": 5})),
+            ["lag_bytes_warn"]
+        );
+        assert!(guard(json!({"lag_bytes_max": 1000, "on_lag_max": "drop_slot"})).is_empty());
     }
 }
