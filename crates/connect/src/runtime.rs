@@ -311,8 +311,18 @@ impl<B: Backbone> Runtime<B> {
         sink: K,
     ) {
         let metrics = self.metrics(&pipeline.common, Kind::Sink, sink.kind());
+        // Events in the topic the sink has not applied yet, as of its last batch.
+        let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        metrics.add_gauges(vec![crate::metrics::Gauge {
+            name: "lag_events",
+            read: Box::new({
+                let lag = lag.clone();
+                move || lag.load(std::sync::atomic::Ordering::Relaxed) as f64
+            }),
+        }]);
         let task = TxSinkTask {
             backbone: self.backbone.clone(),
+            lag,
             metrics,
             stop: self.stop.subscribe(),
             limiter: pipeline.common.rate_limit.map(RateLimiter::new),
@@ -1020,6 +1030,8 @@ impl<B: Backbone> SinkTask<B> {
 
 struct TxSinkTask<B> {
     backbone: Arc<B>,
+    /// The `lag_events` gauge: the topic's end minus the positions, after each batch.
+    lag: Arc<std::sync::atomic::AtomicU64>,
     pipeline: SinkPipeline,
     metrics: Arc<ComponentMetrics>,
     stop: watch::Receiver<bool>,
@@ -1182,6 +1194,8 @@ impl<B: Backbone> TxSinkTask<B> {
                 next.insert(partition, gap_to);
             }
             if read.events.is_empty() && read.skipped.is_empty() {
+                // Nothing after the positions: caught up.
+                self.lag.store(0, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             self.metrics.received(read.events.len());
@@ -1268,11 +1282,29 @@ impl<B: Backbone> TxSinkTask<B> {
                     self.gear("apply", &mut breaker, sink, Call::Apply(&[], &at))
                         .await?;
                     positions = next;
+                    self.measure_lag(&positions).await;
                     continue;
                 }
             }
             self.metrics.sent(records.len(), now_ms());
             positions = next;
+            self.measure_lag(&positions).await;
+        }
+    }
+
+    /// Sets the `lag_events` gauge from the topic's end and `positions` (best effort: a failed
+    /// lookup leaves the last value).
+    async fn measure_lag(&self, positions: &BTreeMap<u32, u64>) {
+        if let Ok(ends) = self
+            .backbone
+            .start_offsets(&self.pipeline.from, Start::Latest)
+            .await
+        {
+            let lag: u64 = ends
+                .iter()
+                .map(|(p, end)| end.saturating_sub(positions.get(p).copied().unwrap_or(0)))
+                .sum();
+            self.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

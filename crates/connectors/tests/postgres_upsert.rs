@@ -310,7 +310,8 @@ async fn the_runtime_dead_letters_exactly_the_bad_events_and_applies_the_rest() 
     broker.publish("orders", &events).unwrap();
 
     let backbone = Arc::new(Embedded::new(broker.clone()));
-    let mut runtime = Runtime::new(backbone, Arc::new(Registry::default()));
+    let registry = Arc::new(Registry::default());
+    let mut runtime = Runtime::new(backbone, registry.clone());
     let pipeline = SinkPipeline {
         common: Common {
             name: "silver".into(),
@@ -373,6 +374,41 @@ async fn the_runtime_dead_letters_exactly_the_bad_events_and_applies_the_rest() 
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Caught up: the lag gauge says so.
+    let metrics = registry.get("silver").unwrap();
+    while metrics.gauge("lag_events") != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "lag_events: {:?}",
+            metrics.gauge("lag_events")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // More events are applied, and the gauge is back at 0 once they are.
+    let more: Vec<CloudEvent> = (12..20)
+        .map(|i| {
+            CloudEvent::from_json(&json!({
+                "specversion": "1.0", "id": format!("e-{i}"), "source": "/shop",
+                "type": "com.company.orders.created", "time": "2026-01-01T00:00:00Z",
+                "datacontenttype": "application/json",
+                "data": {"order_id": format!("o-{i}"), "amount_cents": i},
+            }))
+            .unwrap()
+        })
+        .collect();
+    broker.publish("orders", &more).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while check.positions().await.unwrap() != vec![(0, 20)]
+        || metrics.gauge("lag_events") != Some(0.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "lag_events: {:?}",
+            metrics.gauge("lag_events")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(db.rows().await.len(), 18);
     runtime.shutdown(Duration::from_secs(5)).await;
     db.drop().await;
 }

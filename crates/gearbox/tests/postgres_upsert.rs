@@ -281,6 +281,20 @@ pipelines:
         "the stored positions cover every event of the topic: {positions}"
     );
 
+    // Caught up: `/metrics` says the sink has nothing left to apply.
+    let metrics = ureq::get(&format!("{}/metrics", server.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("gearbox_sink_lag_events{{pipeline=\"{PIPELINE}\"}} 0")),
+        "no zero lag gauge in:\n{metrics}"
+    );
+
     // A full replay from offset 0: forget the positions, restart. Re-applying everything in
     // log order leaves the table as it was (the version guard keeps the newest).
     psql(&format!(
