@@ -70,9 +70,10 @@ impl Db {
             .collect()
     }
 
+    /// Drops the schema now (the `Drop` below also does, for a test that panicked first).
     async fn drop(self) {
         self.client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
             .await
             .unwrap();
     }
@@ -89,6 +90,26 @@ impl Db {
             v[k] = x.clone();
         }
         serde_json::from_value(v).unwrap()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // Blocking and best effort: a test that failed still leaves no schema behind.
+        let _ = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-c",
+            ])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .output();
     }
 }
 
