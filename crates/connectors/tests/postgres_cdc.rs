@@ -18,6 +18,10 @@ const DEADLINE_MS: u64 = 20_000;
 
 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// One test of this file at a time: the WAL is the server's, shared by every slot, so a test
+/// that measures lag or waits for its slot to go idle would see the WAL its neighbours write.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A lowercase name no other test or run uses.
 fn unique(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -105,6 +109,7 @@ where
     F: FnOnce(Fixture) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let f = Fixture {
         schema: unique(tag),
         slot: unique(tag),

@@ -133,6 +133,11 @@ use tokio::time::Instant;
 
 /// How often the slot's lag is read.
 pub const LAG_POLL_INTERVAL_MS: u64 = 2_000;
+/// How long starting replication waits for a slot still held by this source's previous,
+/// just-closed connection.
+pub const SLOT_BUSY_WAIT_MS: u64 = 5_000;
+/// How often it tries again meanwhile.
+pub const SLOT_BUSY_POLL_MS: u64 = 50;
 /// Default for `status_interval_ms`.
 pub const STATUS_INTERVAL_MS_DEFAULT: u64 = 10_000;
 /// Bounds for `status_interval_ms` (Postgres's default `wal_sender_timeout` is 60 s).
@@ -762,9 +767,24 @@ impl<M: Mapper> Engine<M> {
     }
 
     async fn start_stream(&mut self, mut repl: ReplicationConnection) -> Result<(), SourceError> {
-        repl.start_replication(&self.cfg.slot, self.confirmed, &self.cfg.publication)
-            .await
-            .map_err(|e| transient_wire(&e))?;
+        // After a nack or a lost connection, the walsender of the connection this source just
+        // dropped may hold the slot for a moment more ("active for PID", 55006): wait for it to
+        // go, for at most SLOT_BUSY_WAIT_MS, before calling it a failure.
+        let deadline = Instant::now() + Duration::from_millis(SLOT_BUSY_WAIT_MS);
+        loop {
+            match repl
+                .start_replication(&self.cfg.slot, self.confirmed, &self.cfg.publication)
+                .await
+            {
+                Ok(()) => break,
+                Err(WireError::Server { ref code, .. })
+                    if code == "55006" && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(SLOT_BUSY_POLL_MS)).await;
+                }
+                Err(e) => return Err(transient_wire(&e)),
+            }
+        }
         self.safe = self.confirmed;
         self.stats
             .confirmed_lsn
