@@ -15,56 +15,15 @@ mod support;
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::pg::{Database, psql};
 use support::{Server, free_port};
 
 const PARTITIONS: u32 = 3;
 const KILLS: usize = 20;
 const PRE_EXISTING: i32 = 10;
-
-fn psql(db: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql])
-        .output()
-        .expect("psql runs");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-struct Database {
-    name: String,
-    slot: String,
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while psql(
-            "postgres",
-            &format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = '{}'",
-                self.slot
-            ),
-        )
-        .is_err()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = psql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
 
 /// One committed change as the model sees it: (op, before, after).
 type Change = (&'static str, Value, Value);
@@ -186,29 +145,16 @@ async fn writer(db: String, stop: Arc<AtomicBool>, model: Arc<Mutex<Model>>) {
 
 /// The slot-lag gauge of the `cdc` pipeline, if `/metrics` has it.
 fn slot_lag(server: &Server) -> Option<f64> {
-    let text = ureq::get(&format!("{}/metrics", server.url))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    text.lines()
+    server
+        .metrics()
+        .lines()
         .find(|l| l.starts_with("gearbox_source_postgres_slot_lag_bytes{pipeline=\"cdc\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[test]
 fn every_change_arrives_once_in_order_across_sigkills() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let unique = format!("{}_{nanos}", std::process::id());
-    let db = Database {
-        name: format!("gbx_cdc_{unique}"),
-        slot: format!("gbx_cdc_{unique}"),
-    };
-    psql("postgres", &format!("CREATE DATABASE {}", db.name)).unwrap();
+    let db = Database::create("cdc");
     psql(
         &db.name,
         &format!(

@@ -13,10 +13,10 @@ mod support;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::pg::{Database, psql};
 use support::{Server, free_port};
 
 const TOPIC: &str = "outbox.order";
@@ -35,49 +35,6 @@ payload JSONB NOT NULL,
 created_at TIMESTAMP NOT NULL DEFAULT NOW(),
 published_at TIMESTAMP NULL
 );";
-
-fn psql(db: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql])
-        .output()
-        .expect("psql runs");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-/// A database of the test's own; dropped with its slot at the end.
-struct Database {
-    name: String,
-    slot: String,
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        // The server is gone (killed) by now; its walsender may take a moment to notice.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while psql(
-            "postgres",
-            &format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = '{}'",
-                self.slot
-            ),
-        )
-        .is_err()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = psql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
 
 /// What the writers committed: aggregate → outbox ids in commit order; and the rolled-back ids.
 #[derive(Default)]
@@ -144,16 +101,7 @@ fn topic_events(server: &Server) -> Vec<Value> {
 
 #[test]
 fn every_committed_row_is_relayed_once_in_order_across_sigkills() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let unique = format!("{}_{nanos}", std::process::id());
-    let db = Database {
-        name: format!("gbx_outbox_{unique}"),
-        slot: format!("gbx_outbox_{unique}"),
-    };
-    psql("postgres", &format!("CREATE DATABASE {}", db.name)).unwrap();
+    let db = Database::create("outbox");
     psql(&db.name, SEED_DDL).expect("the seed's DDL runs verbatim");
     psql(
         &db.name,

@@ -29,17 +29,7 @@ const KILLS: usize = 20;
 const PIPELINE: &str = "orders-silver";
 
 fn psql(sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "psql failed on {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    support::pg::psql("test", sql).unwrap_or_else(|e| panic!("psql failed on {sql}: {e}"))
 }
 
 struct Schema(String);
@@ -282,12 +272,7 @@ pipelines:
     );
 
     // Caught up: `/metrics` says the sink has nothing left to apply.
-    let metrics = ureq::get(&format!("{}/metrics", server.url))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics
             .lines()

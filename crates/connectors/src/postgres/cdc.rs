@@ -270,6 +270,21 @@ pub(crate) fn split_table(name: &str) -> Option<(String, String)> {
     (part_ok(schema) && part_ok(table)).then(|| (schema.to_string(), table.to_string()))
 }
 
+/// The first validation problem as an error, or the connection the URL (resolved when it is a
+/// secret reference) describes. Shared by the CDC source and the outbox relay.
+pub(crate) fn checked_connection(
+    problems: Vec<(String, String)>,
+    url: &str,
+) -> Result<tokio_postgres::Config, CdcConfigError> {
+    if let Some((field, message)) = problems.into_iter().next() {
+        return Err(CdcConfigError { field, message });
+    }
+    super::connection_config(url).map_err(|message| CdcConfigError {
+        field: "url".into(),
+        message,
+    })
+}
+
 /// The WAL-retention guard's settings, shared by the CDC source and the outbox relay.
 pub(crate) fn check_lag_guard(
     errors: &mut Vec<(String, String)>,
@@ -1732,13 +1747,7 @@ impl PostgresCdc {
     /// # Errors
     /// The first problem [`CdcConfig::validate`] finds, naming its field.
     pub fn new(config: CdcConfig) -> Result<PostgresCdc, CdcConfigError> {
-        if let Some((field, message)) = config.validate().into_iter().next() {
-            return Err(CdcConfigError { field, message });
-        }
-        let pg = super::connection_config(&config.url).map_err(|message| CdcConfigError {
-            field: "url".into(),
-            message,
-        })?;
+        let pg = checked_connection(config.validate(), &config.url)?;
         let db = pg
             .get_dbname()
             .or(pg.get_user())

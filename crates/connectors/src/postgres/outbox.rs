@@ -51,7 +51,8 @@
 use super::cdc::{
     CdcConfigError, CdcStats, Change, Engine, EngineConfig, Mapper, OnLagMax,
     STATUS_INTERVAL_MS_DEFAULT, STATUS_INTERVAL_MS_MAX, STATUS_INTERVAL_MS_MIN, SnapRow,
-    check_lag_guard, check_name, check_url, ensure_publication, pg_error, split_table,
+    check_lag_guard, check_name, check_url, checked_connection, ensure_publication, pg_error,
+    split_table,
 };
 use super::pgoutput::{self, ColumnValue};
 use super::wire::quote_ident;
@@ -336,13 +337,7 @@ impl PostgresOutbox {
     /// # Errors
     /// The first problem [`OutboxConfig::validate`] finds, naming its field.
     pub fn new(config: OutboxConfig) -> Result<PostgresOutbox, CdcConfigError> {
-        if let Some((field, message)) = config.validate().into_iter().next() {
-            return Err(CdcConfigError { field, message });
-        }
-        let pg = super::connection_config(&config.url).map_err(|message| CdcConfigError {
-            field: "url".into(),
-            message,
-        })?;
+        let pg = checked_connection(config.validate(), &config.url)?;
         let (schema, table) = split_table(&config.table).ok_or_else(|| CdcConfigError {
             field: "table".into(),
             message: "must be schema.table".into(),

@@ -3,6 +3,8 @@
 //! Every test gets its own data directory and port, so tests never see each other's data.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod pg;
+
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -165,6 +167,15 @@ impl Server {
             }
         }
         out
+    }
+
+    /// `GET /metrics` as text (empty if it does not answer).
+    pub fn metrics(&self) -> String {
+        ureq::get(&format!("{}/metrics", self.url))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
     }
 
     /// POST a JSON value.
