@@ -1607,6 +1607,7 @@ fn sink_records(
             partition: stored.partition,
             offset: stored.offset,
             time_ms: event_time_ms(&stored.event),
+            traceparent: stored.event.extensions.get("traceparent").cloned(),
         })
         .collect())
 }

@@ -510,3 +510,67 @@ fn trace_shows_retries_dead_letter_and_redrive_in_order_and_a_cascade_by_correla
         "{out}"
     );
 }
+
+#[test]
+fn traceparent_travels_from_the_producer_through_the_log_to_the_http_sink() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let url = rt.block_on(async {
+        let seen = seen.clone();
+        let app = Router::new().route(
+            "/in",
+            post(move |headers: axum::http::HeaderMap| async move {
+                let tp = headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_string();
+                seen.lock().unwrap().push(tp);
+                StatusCode::OK
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/in")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gearbox.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "topics: [{{ name: out }}]\npipelines:\n  - name: push\n    from: out\n    start: earliest\n    sink: {{ http: {{ url: \"{url}\" }} }}\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let event = |id: &str| json!({"specversion": "1.0", "id": id, "source": "/t", "type": "t"});
+    publish(&server, "out", &event("with"), &[("traceparent", tp)]);
+    // A malformed header is not propagated.
+    publish(
+        &server,
+        "out",
+        &event("bad"),
+        &[("traceparent", "00-zz-yy-01")],
+    );
+    wait_for("both delivered", Duration::from_secs(10), || {
+        seen.lock().unwrap().len() >= 2
+    });
+    assert_eq!(*seen.lock().unwrap(), [tp.to_string(), "none".to_string()]);
+    let (_, trace) = server.get("/v1/events/with/trace");
+    let written = trace["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hop"] == json!("written"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(written["pipeline"], json!("push"), "{trace}");
+    assert_eq!(written["traceparent"], json!(tp), "{trace}");
+    assert!(written["latency_ms"].is_u64(), "{trace}");
+}
