@@ -500,6 +500,9 @@ impl Registry {
     }
 }
 
+/// Reads one counter of a pipeline.
+type Field = fn(&ComponentMetrics) -> &AtomicU64;
+
 /// Label pairs of one sample (`prometheus-client` escapes the values).
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -586,7 +589,7 @@ impl prometheus_client::collector::Collector for Collector {
         let pipeline =
             |m: &ComponentMetrics| -> Labels { vec![("pipeline", m.pipeline.to_string())] };
         let e = &mut encoder;
-        let counters: [(&str, &str, fn(&ComponentMetrics) -> &AtomicU64); 3] = [
+        let counters: [(&str, &str, Field); 3] = [
             (
                 "gearbox_component_received_events",
                 "Events a pipeline received from its gear or topic.",

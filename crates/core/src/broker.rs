@@ -15,7 +15,7 @@
 use crate::appenders::{Appenders, Pending};
 use crate::dedup::{self, DedupWindow, Position, Reservation};
 use crate::event::CloudEvent;
-use crate::lineage::{Hop, HopKind, Lineage, LineageConfig};
+use crate::lineage::{Hop, HopKind, Lineage, LineageConfig, Placed, PlacedEvent, Positions};
 use crate::partitioner::partition_for;
 use crate::registry::{Registry, Target, Verdict};
 use crate::store::{self, Store, StoreError, Write};
@@ -785,21 +785,19 @@ impl Broker {
             .map(|e| partition_for(e.partition_key().unwrap_or(&e.id).as_bytes(), partitions))
             .collect();
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        let mut hops: Vec<Hop> = if self.lineage.enabled() {
-            let kind = if topic.ends_with(DLQ_SUFFIX) {
-                HopKind::DeadLettered
-            } else {
-                HopKind::Appended
-            };
+        // Lineage: what each event's placement hop needs, taken before the events become
+        // records (one `PlacedEvent` per event; the offsets are filled in after the append).
+        let mut placed: Vec<PlacedEvent> = if self.lineage.enabled() {
+            let dlq = topic.ends_with(DLQ_SUFFIX);
             events
                 .iter()
                 .map(|e| {
-                    let mut hop = Hop::event(kind, now, &e.id).attributes(e);
-                    if kind == HopKind::DeadLettered {
-                        hop.pipeline = e.extensions.get("dlqpipeline").cloned();
-                        hop.detail = e.extensions.get("dlqerror").cloned();
+                    let mut p = PlacedEvent::of(e, 0);
+                    if dlq {
+                        p.pipeline = e.extensions.get("dlqpipeline").cloned();
+                        p.detail = e.extensions.get("dlqerror").cloned();
                     }
-                    hop
+                    p
                 })
                 .collect()
         } else {
@@ -860,21 +858,10 @@ impl Broker {
         }
         entry.dedup.store(&stored, now);
         entry.dedup.release(&released);
-        if !hops.is_empty() {
-            // Before waking pollers, so an event's placement is recorded before its deliveries.
-            for (i, hop) in hops.iter_mut().enumerate() {
-                let Some((pos, dup)) = positions[first[&keys[i]]] else {
-                    continue;
-                };
-                if dup || first[&keys[i]] != i {
-                    hop.kind = HopKind::Duplicate;
-                }
-                hop.topic = Some(topic.to_string());
-                hop.partition = Some(pos.partition);
-                hop.offset = Some(pos.offset);
-            }
-            hops.retain(|h| h.offset.is_some());
-            self.lineage.record(hops);
+        if !placed.is_empty() {
+            // Before waking pollers, so an event's placement is usually recorded before its
+            // deliveries (lookups also join hops recorded a moment out of order).
+            self.record_placements(topic, now, &mut placed, &positions, |i| first[&keys[i]]);
         }
         if !stored.is_empty() {
             entry.notify.notify_waiters();
@@ -1221,18 +1208,18 @@ impl Broker {
             tracing::warn!(topic, subscription = name, error = %e, "dead-lettering failed; will retry");
         }
         if self.lineage.enabled() {
-            let hops = plan
-                .takes
-                .iter()
-                .map(|t| {
-                    let mut h =
-                        Hop::at_position(HopKind::Delivered, now, topic, t.partition, t.offset);
-                    h.subscription = Some(name.to_string());
-                    h.attempt = Some(t.attempt);
-                    h
-                })
-                .collect();
-            self.lineage.record(hops);
+            self.lineage.record_positions(Positions {
+                at_ms: now,
+                kind: HopKind::Delivered,
+                topic: topic.to_string(),
+                subscription: name.to_string(),
+                detail: None,
+                items: plan
+                    .takes
+                    .iter()
+                    .map(|t| (t.partition, t.offset, t.attempt))
+                    .collect(),
+            });
         }
         let ages: Vec<f64> = plan
             .takes
@@ -1550,6 +1537,56 @@ impl Broker {
         Ok((settled.count, settled.not_in_flight))
     }
 
+    /// Lineage of a publish: one [`Placed`] batch per partition for the events appended, a
+    /// `duplicate` hop for each event that was not.
+    fn record_placements(
+        &self,
+        topic: &str,
+        now: i64,
+        placed: &mut [PlacedEvent],
+        positions: &[Option<(Position, bool)>],
+        first: impl Fn(usize) -> usize,
+    ) {
+        let kind = if topic.ends_with(DLQ_SUFFIX) {
+            HopKind::DeadLettered
+        } else {
+            HopKind::Appended
+        };
+        let mut batches: BTreeMap<u32, Vec<PlacedEvent>> = BTreeMap::new();
+        let mut duplicates = Vec::new();
+        for (i, p) in placed.iter_mut().enumerate() {
+            let Some((pos, dup)) = positions[first(i)] else {
+                continue;
+            };
+            let mut p = std::mem::take(p);
+            p.offset = pos.offset;
+            if dup || first(i) != i {
+                let mut h = Hop::event(HopKind::Duplicate, now, &p.id).position(
+                    topic,
+                    pos.partition,
+                    pos.offset,
+                );
+                h.source = Some(p.source);
+                h.correlation_id = p.correlation_id;
+                h.causation_id = p.causation_id;
+                h.traceparent = p.traceparent;
+                duplicates.push(h);
+            } else {
+                batches.entry(pos.partition).or_default().push(p);
+            }
+        }
+        for (partition, events) in batches {
+            self.lineage.record_placed(Placed {
+                at_ms: now,
+                kind,
+                topic: topic.to_string(),
+                partition,
+                events,
+            });
+        }
+        self.lineage.record(duplicates);
+    }
+
     /// Records an ack's or a nack's hops.
     fn record_settled(
         &self,
@@ -1562,19 +1599,18 @@ impl Broker {
         if !self.lineage.enabled() {
             return;
         }
-        let now = self.clock.now_ms();
-        let hops = settled
-            .items
-            .iter()
-            .map(|t| {
-                let mut h = Hop::at_position(kind, now, topic, t.partition, t.offset);
-                h.subscription = Some(name.to_string());
-                h.attempt = Some(t.attempt);
-                h.detail = error.map(str::to_string);
-                h
-            })
-            .collect();
-        self.lineage.record(hops);
+        self.lineage.record_positions(Positions {
+            at_ms: self.clock.now_ms(),
+            kind,
+            topic: topic.to_string(),
+            subscription: name.to_string(),
+            detail: error.map(str::to_string),
+            items: settled
+                .items
+                .iter()
+                .map(|t| (t.partition, t.offset, t.attempt))
+                .collect(),
+        });
     }
 
     /// Event ages at delivery, for `/metrics`.

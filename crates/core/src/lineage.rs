@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 
 /// Batches of hops that may wait for the writer; beyond it, hops are dropped and counted.
 pub const LINEAGE_QUEUE_MAX: usize = 1024;
+/// Most events in one placement record.
+pub const PLACED_EVENTS_MAX: usize = 1000;
+/// Largest batch the lineage log accepts (a placement record of long ids fits).
+const LINEAGE_BATCH_BYTES_MAX: u32 = 16 << 20;
 /// Most hops the writer appends at once.
 pub const LINEAGE_WRITE_HOPS_MAX: usize = 8192;
 /// Default retention of the lineage log by size.
@@ -356,6 +360,197 @@ fn position_key(topic: &str, partition: u32, offset: u64) -> String {
     format!("{topic}/{partition}/{offset}")
 }
 
+/// Many events placed at once: one publish's events in one partition. Stored as one record, so
+/// the ingest path pays one queue slot and one record per partition batch, not per event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placed {
+    /// When.
+    pub at_ms: i64,
+    /// [`HopKind::Appended`], or [`HopKind::DeadLettered`] for a publish to a DLQ.
+    pub kind: HopKind,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The events.
+    pub events: Vec<PlacedEvent>,
+}
+
+/// One event of a [`Placed`] batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlacedEvent {
+    /// Offset.
+    pub offset: u64,
+    /// Event id.
+    pub id: String,
+    /// `source`.
+    pub source: String,
+    /// `correlationid`.
+    pub correlation_id: Option<String>,
+    /// `causationid`.
+    pub causation_id: Option<String>,
+    /// `traceparent`.
+    pub traceparent: Option<String>,
+    /// A dead letter's error.
+    pub detail: Option<String>,
+    /// A dead letter's pipeline.
+    pub pipeline: Option<String>,
+}
+
+impl PlacedEvent {
+    /// The event's attributes lineage keeps, at `offset`.
+    #[must_use]
+    pub fn of(e: &crate::event::CloudEvent, offset: u64) -> PlacedEvent {
+        let ext = |k: &str| e.extensions.get(k).filter(|v| !v.is_empty()).cloned();
+        PlacedEvent {
+            offset,
+            id: e.id.clone(),
+            source: e.source.clone(),
+            correlation_id: ext("correlationid"),
+            causation_id: ext("causationid"),
+            traceparent: ext("traceparent"),
+            detail: None,
+            pipeline: None,
+        }
+    }
+}
+
+/// Many position-keyed hops of one kind at once: a poll's deliveries, an ack's or a nack's
+/// items. Stored as one record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Positions {
+    /// When.
+    pub at_ms: i64,
+    /// What happened to each.
+    pub kind: HopKind,
+    /// Topic.
+    pub topic: String,
+    /// The subscription.
+    pub subscription: String,
+    /// An error message (a nack's).
+    pub detail: Option<String>,
+    /// `(partition, offset, attempt)`.
+    pub items: Vec<(u32, u64, u32)>,
+}
+
+/// What the queue carries.
+#[derive(Debug)]
+enum Entry {
+    Hops(Vec<Hop>),
+    Placed(Placed),
+    Positions(Positions),
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        match self {
+            Entry::Hops(h) => h.len(),
+            Entry::Placed(p) => p.events.len(),
+            Entry::Positions(p) => p.items.len(),
+        }
+    }
+}
+
+/// Tab-separated fields, escaped so that a field holds no tab or newline.
+fn put_field(out: &mut String, v: Option<&str>) {
+    out.push('\t');
+    let v = v.unwrap_or_default();
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n')) {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn unescape(field: &str) -> Cow<'_, str> {
+    if !field.contains('\\') {
+        return Cow::Borrowed(field);
+    }
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('t') => out.push('\t'),
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn optional(field: &str) -> Option<String> {
+    (!field.is_empty()).then(|| unescape(field).into_owned())
+}
+
+impl Placed {
+    fn to_record(&self) -> RecordInput {
+        let mut v = String::with_capacity(64 + self.events.len() * 64);
+        v.push_str(self.kind.as_str());
+        put_field(&mut v, Some(&self.topic));
+        v.push('\t');
+        v.push_str(&self.partition.to_string());
+        for e in &self.events {
+            use std::fmt::Write as _;
+            let _ = write!(v, "\n{}", e.offset);
+            for f in [
+                Some(e.id.as_str()),
+                Some(e.source.as_str()),
+                e.correlation_id.as_deref(),
+                e.causation_id.as_deref(),
+                e.traceparent.as_deref(),
+                e.detail.as_deref(),
+                e.pipeline.as_deref(),
+            ] {
+                put_field(&mut v, f);
+            }
+        }
+        RecordInput {
+            timestamp: self.at_ms,
+            key: None,
+            value: Some(v.into_bytes()),
+            headers: vec![RecordHeader {
+                key: Cow::Borrowed("b"),
+                value: Some(b"placed".to_vec()),
+            }],
+        }
+    }
+}
+
+impl Positions {
+    fn to_record(&self) -> RecordInput {
+        let mut v = String::with_capacity(64 + self.items.len() * 16);
+        v.push_str(self.kind.as_str());
+        put_field(&mut v, Some(&self.topic));
+        put_field(&mut v, Some(&self.subscription));
+        put_field(&mut v, self.detail.as_deref());
+        for (p, o, a) in &self.items {
+            use std::fmt::Write as _;
+            let _ = write!(v, "\n{p}\t{o}\t{a}");
+        }
+        RecordInput {
+            timestamp: self.at_ms,
+            key: None,
+            value: Some(v.into_bytes()),
+            headers: vec![RecordHeader {
+                key: Cow::Borrowed("b"),
+                value: Some(b"positions".to_vec()),
+            }],
+        }
+    }
+}
+
 fn header<'a>(r: &'a Record, key: &str) -> Option<&'a [u8]> {
     r.headers
         .iter()
@@ -413,7 +608,7 @@ struct Progress {
 /// The lineage recorder and its store.
 #[derive(Debug)]
 pub struct Lineage {
-    tx: Option<SyncSender<Vec<Hop>>>,
+    tx: Option<SyncSender<Entry>>,
     progress: Arc<Progress>,
     partition: Option<Arc<gearbox_log::Partition>>,
     log: Mutex<Option<gearbox_log::Log>>,
@@ -439,6 +634,191 @@ pub struct Cascade {
     pub events: Vec<(String, Option<String>, Vec<Hop>)>,
     /// More events matched than [`TRACE_EVENTS_MAX`].
     pub truncated: bool,
+}
+
+/// One lookup's pass over the lineage log.
+struct Scan<'a> {
+    correlation: Option<&'a str>,
+    /// The events wanted (grows as a correlation search finds members).
+    ids: HashSet<String>,
+    /// Where the wanted events were placed: topic → (partition, offset) → id.
+    positions: HashMap<String, HashMap<(u32, u64), String>>,
+    found: BTreeMap<String, Vec<(Hop, u64)>>,
+    /// Position-keyed hops not (yet) joined to an event: a poller can record a delivery a
+    /// moment before the publisher records the append, so the join looks back this far.
+    recent: VecDeque<(Hop, u64)>,
+    truncated: bool,
+}
+
+impl Scan<'_> {
+    /// Whether the event `id` (with correlation id `corr`) is wanted; adds it when it joins the
+    /// cascade, within [`TRACE_EVENTS_MAX`].
+    fn wants(&mut self, id: &str, corr: Option<&str>) -> bool {
+        if self.ids.contains(id) {
+            return true;
+        }
+        if self.correlation.is_none() || corr != self.correlation {
+            return false;
+        }
+        if self.ids.len() >= TRACE_EVENTS_MAX {
+            self.truncated = true;
+            return false;
+        }
+        self.ids.insert(id.to_string());
+        true
+    }
+
+    fn event_at(&self, topic: &str, partition: u32, offset: u64) -> Option<&String> {
+        self.positions.get(topic)?.get(&(partition, offset))
+    }
+
+    /// A hop of the wanted event `id`; a placement joins earlier position-keyed hops to it.
+    fn add(&mut self, id: &str, hop: Hop, seq: u64) {
+        if hop.kind.places()
+            && let (Some(t), Some(p), Some(o)) = (&hop.topic, hop.partition, hop.offset)
+            && self.event_at(t, p, o).is_none()
+        {
+            let mut i = 0;
+            while i < self.recent.len() {
+                let (h, _) = &self.recent[i];
+                if h.topic.as_deref() == Some(t) && h.partition == Some(p) && h.offset == Some(o) {
+                    let (h, seq) = self.recent.remove(i).expect("in range");
+                    push(&mut self.found, &mut self.truncated, id, h, seq);
+                } else {
+                    i += 1;
+                }
+            }
+            self.positions
+                .entry(t.clone())
+                .or_default()
+                .insert((p, o), id.to_string());
+        }
+        push(&mut self.found, &mut self.truncated, id, hop, seq);
+    }
+
+    /// A position-keyed hop: joined now, or kept in the look-behind.
+    fn add_at_position(&mut self, hop: Hop, seq: u64) {
+        let (Some(t), Some(p), Some(o)) = (&hop.topic, hop.partition, hop.offset) else {
+            return;
+        };
+        match self.event_at(t, p, o).cloned() {
+            Some(id) => push(&mut self.found, &mut self.truncated, &id, hop, seq),
+            None => {
+                if self.recent.len() >= LOOKBEHIND_HOPS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((hop, seq));
+            }
+        }
+    }
+
+    fn record(&mut self, r: &Record) {
+        let seq = r.offset as u64;
+        let Some(value) = r.value.as_deref() else {
+            return;
+        };
+        match header(r, "b") {
+            Some(b"placed") => self.placed(r.timestamp, value, seq),
+            Some(b"positions") => self.positions_batch(r.timestamp, value, seq),
+            _ => {
+                if let Some(k) = r.key.as_deref() {
+                    let k = String::from_utf8_lossy(k);
+                    let corr = header(r, "c").map(String::from_utf8_lossy);
+                    if self.wants(&k, corr.as_deref())
+                        && let Some(hop) = decode(value)
+                    {
+                        self.add(&k, hop, seq);
+                    }
+                } else if header(r, "p").is_some()
+                    && let Some(hop) = decode(value)
+                {
+                    self.add_at_position(hop, seq);
+                }
+            }
+        }
+    }
+
+    fn placed(&mut self, at_ms: i64, value: &[u8], seq: u64) {
+        let Ok(text) = std::str::from_utf8(value) else {
+            return;
+        };
+        let mut lines = text.split('\n');
+        let Some(head) = lines.next() else { return };
+        let head: Vec<&str> = head.split('\t').collect();
+        let (Some(kind), Some(topic), Some(partition)) = (
+            head.first().and_then(|k| HopKind::parse(k)),
+            head.get(1).map(|t| unescape(t)),
+            head.get(2).and_then(|p| p.parse::<u32>().ok()),
+        ) else {
+            return;
+        };
+        for line in lines {
+            let f: Vec<&str> = line.split('\t').collect();
+            let (Some(offset), Some(id)) = (f.first().and_then(|o| o.parse().ok()), f.get(1))
+            else {
+                continue;
+            };
+            let id = unescape(id);
+            let corr = f.get(3).and_then(|c| optional(c));
+            if !self.wants(&id, corr.as_deref()) {
+                continue;
+            }
+            let field = |i: usize| f.get(i).and_then(|v| optional(v));
+            let hop = Hop {
+                at_ms,
+                kind,
+                event_id: Some(id.to_string()),
+                source: field(2),
+                topic: Some(topic.to_string()),
+                partition: Some(partition),
+                offset: Some(offset),
+                correlation_id: corr,
+                causation_id: field(4),
+                traceparent: field(5),
+                detail: field(6),
+                pipeline: field(7),
+                ..Hop::default()
+            };
+            self.add(&id, hop, seq);
+        }
+    }
+
+    fn positions_batch(&mut self, at_ms: i64, value: &[u8], seq: u64) {
+        let Ok(text) = std::str::from_utf8(value) else {
+            return;
+        };
+        let mut lines = text.split('\n');
+        let Some(head) = lines.next() else { return };
+        let head: Vec<&str> = head.split('\t').collect();
+        let (Some(kind), Some(topic)) = (
+            head.first().and_then(|k| HopKind::parse(k)),
+            head.get(1).map(|t| unescape(t)),
+        ) else {
+            return;
+        };
+        let subscription = head.get(2).and_then(|s| optional(s));
+        let detail = head.get(3).and_then(|d| optional(d));
+        for line in lines {
+            let mut f = line.split('\t').map(|x| x.parse::<u64>().ok());
+            let (Some(Some(p)), Some(Some(o)), Some(Some(a))) = (f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let Ok(p) = u32::try_from(p) else { continue };
+            let hop = Hop {
+                at_ms,
+                kind,
+                topic: Some(topic.to_string()),
+                partition: Some(p),
+                offset: Some(o),
+                subscription: subscription.clone(),
+                attempt: u32::try_from(a).ok(),
+                detail: detail.clone(),
+                ..Hop::default()
+            };
+            self.add_at_position(hop, seq);
+        }
+    }
 }
 
 impl Lineage {
@@ -489,6 +869,7 @@ impl Lineage {
                 partition.segment_bytes_max = partition
                     .segment_bytes_max
                     .max(gearbox_log::config::SEGMENT_BYTES_MIN);
+                partition.batch_bytes_max = LINEAGE_BATCH_BYTES_MAX;
                 log.create_topic(
                     TOPIC,
                     TopicConfig {
@@ -531,13 +912,37 @@ impl Lineage {
 
     /// Queues hops for the writer. Never blocks: a full queue drops them (and counts them).
     pub fn record(&self, hops: Vec<Hop>) {
+        self.queue(Entry::Hops(hops));
+    }
+
+    /// Queues a batch of placements (see [`Placed`]), as records of at most
+    /// [`PLACED_EVENTS_MAX`] events.
+    pub fn record_placed(&self, mut placed: Placed) {
+        while placed.events.len() > PLACED_EVENTS_MAX {
+            let rest = placed.events.split_off(PLACED_EVENTS_MAX);
+            let head = Placed {
+                events: std::mem::replace(&mut placed.events, rest),
+                topic: placed.topic.clone(),
+                ..placed
+            };
+            self.queue(Entry::Placed(head));
+        }
+        self.queue(Entry::Placed(placed));
+    }
+
+    /// Queues a batch of position-keyed hops (see [`Positions`]).
+    pub fn record_positions(&self, positions: Positions) {
+        self.queue(Entry::Positions(positions));
+    }
+
+    fn queue(&self, entry: Entry) {
         let Some(tx) = &self.tx else { return };
-        if hops.is_empty() || self.closing.load(Relaxed) {
+        if entry.len() == 0 || self.closing.load(Relaxed) {
             return;
         }
-        let n = hops.len() as u64;
+        let n = entry.len() as u64;
         self.progress.queued.fetch_add(n, Relaxed);
-        match tx.try_send(hops) {
+        match tx.try_send(entry) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.progress.dropped.fetch_add(n, Relaxed);
@@ -609,18 +1014,20 @@ impl Lineage {
     fn scan(
         &self,
         correlation: Option<&str>,
-        mut ids: HashSet<String>,
+        ids: HashSet<String>,
     ) -> Result<Cascade, LineageError> {
         let Some(partition) = &self.partition else {
             return Err(LineageError::Disabled);
         };
         self.flush_wait();
-        let mut positions: HashMap<String, String> = HashMap::new();
-        let mut found: BTreeMap<String, Vec<(Hop, u64)>> = BTreeMap::new();
-        // Position-keyed hops not (yet) joined to an event: a poller can record a delivery a
-        // moment before the publisher records the append, so the join looks back this far.
-        let mut recent: VecDeque<(String, Vec<u8>, u64)> = VecDeque::new();
-        let mut truncated = false;
+        let mut scan = Scan {
+            correlation,
+            ids,
+            positions: HashMap::new(),
+            found: BTreeMap::new(),
+            recent: VecDeque::new(),
+            truncated: false,
+        };
         let mut offset = partition.log_start_offset();
         let end = partition.high_watermark();
         while offset < end {
@@ -639,66 +1046,12 @@ impl Lineage {
             };
             let Some(last) = records.last() else { break };
             offset = last.offset as u64 + 1;
-            for r in records {
-                let seq = r.offset as u64;
-                let Some(value) = r.value.as_deref() else {
-                    continue;
-                };
-                let id = match r.key.as_deref() {
-                    Some(k) => {
-                        let k = String::from_utf8_lossy(k);
-                        let wanted = ids.contains(k.as_ref())
-                            || correlation.is_some_and(|c| header(&r, "c") == Some(c.as_bytes()));
-                        if !wanted {
-                            continue;
-                        }
-                        if !ids.contains(k.as_ref()) {
-                            if ids.len() >= TRACE_EVENTS_MAX {
-                                truncated = true;
-                                continue;
-                            }
-                            ids.insert(k.to_string());
-                        }
-                        k.into_owned()
-                    }
-                    None => {
-                        let Some(p) = header(&r, "p") else { continue };
-                        let p = String::from_utf8_lossy(p);
-                        match positions.get(p.as_ref()) {
-                            Some(id) => id.clone(),
-                            None => {
-                                if recent.len() >= LOOKBEHIND_HOPS {
-                                    recent.pop_front();
-                                }
-                                recent.push_back((p.into_owned(), value.to_vec(), seq));
-                                continue;
-                            }
-                        }
-                    }
-                };
-                let Some(hop) = decode(value) else { continue };
-                if hop.kind.places()
-                    && let Some(p) = hop.position_key()
-                    && !positions.contains_key(&p)
-                {
-                    // Hops recorded just before this placement join it now.
-                    let mut i = 0;
-                    while i < recent.len() {
-                        if recent[i].0 == p {
-                            let (_, v, seq) = recent.remove(i).expect("in range");
-                            if let Some(h) = decode(&v) {
-                                push(&mut found, &mut truncated, &id, h, seq);
-                            }
-                        } else {
-                            i += 1;
-                        }
-                    }
-                    positions.insert(p, id.clone());
-                }
-                push(&mut found, &mut truncated, &id, hop, seq);
+            for r in &records {
+                scan.record(r);
             }
         }
-        let mut events: Vec<(String, Option<String>, Vec<Hop>)> = found
+        let mut events: Vec<(String, Option<String>, Vec<Hop>)> = scan
+            .found
             .into_iter()
             .map(|(id, mut hops)| {
                 hops.sort_by_key(|(h, seq)| (h.at_ms, h.attempt.unwrap_or(0), h.kind.rank(), *seq));
@@ -709,7 +1062,10 @@ impl Lineage {
             .collect();
         events
             .sort_by_key(|(id, _, hops)| (hops.first().map_or(i64::MAX, |h| h.at_ms), id.clone()));
-        Ok(Cascade { events, truncated })
+        Ok(Cascade {
+            events,
+            truncated: scan.truncated,
+        })
     }
 
     /// Writes what is queued, stops the writer and syncs the lineage log.
@@ -719,7 +1075,7 @@ impl Lineage {
         }
         if let Some(tx) = &self.tx {
             // The empty batch tells the writer to finish; it may wait behind a full queue.
-            let _ = tx.send(Vec::new());
+            let _ = tx.send(Entry::Hops(Vec::new()));
         }
         if let Some(w) = self
             .writer
@@ -747,33 +1103,36 @@ impl Drop for Lineage {
     }
 }
 
-fn write_loop(rx: &Receiver<Vec<Hop>>, partition: &gearbox_log::Partition, progress: &Progress) {
+fn write_loop(rx: &Receiver<Entry>, partition: &gearbox_log::Partition, progress: &Progress) {
     let mut warned = false;
     while let Ok(first) = rx.recv() {
-        let mut stop = first.is_empty();
-        let mut hops = first;
-        while hops.len() < LINEAGE_WRITE_HOPS_MAX {
+        let mut stop = first.len() == 0;
+        let mut n = first.len();
+        let mut entries = vec![first];
+        while n < LINEAGE_WRITE_HOPS_MAX {
             match rx.try_recv() {
-                Ok(more) if more.is_empty() => stop = true,
-                Ok(more) => hops.extend(more),
+                Ok(more) if more.len() == 0 => stop = true,
+                Ok(more) => {
+                    n += more.len();
+                    entries.push(more);
+                }
                 Err(_) => break,
             }
         }
-        let n = hops.len() as u64;
         if n > 0 {
-            match append(partition, &hops) {
+            match append(partition, &entries) {
                 Ok(()) => {
-                    progress.written.fetch_add(n, Relaxed);
+                    progress.written.fetch_add(n as u64, Relaxed);
                 }
                 Err(e) => {
-                    progress.failed.fetch_add(n, Relaxed);
+                    progress.failed.fetch_add(n as u64, Relaxed);
                     if !warned {
                         tracing::warn!(error = %e, "lineage hops could not be written; counting losses");
                         warned = true;
                     }
                 }
             }
-            progress.done.fetch_add(n, Relaxed);
+            progress.done.fetch_add(n as u64, Relaxed);
             let _guard = progress
                 .lock
                 .lock()
@@ -786,15 +1145,28 @@ fn write_loop(rx: &Receiver<Vec<Hop>>, partition: &gearbox_log::Partition, progr
     }
 }
 
-/// Appends hops in batches of at most [`HOP_BATCH_BYTES_MAX`].
-fn append(partition: &gearbox_log::Partition, hops: &[Hop]) -> Result<(), String> {
+/// Appends entries in batches of at most [`HOP_BATCH_BYTES_MAX`] (one record per placement or
+/// positions batch, one per single hop).
+fn append(partition: &gearbox_log::Partition, entries: &[Entry]) -> Result<(), String> {
     let mut batch = BatchBuilder::new();
-    for hop in hops {
-        batch.push(hop.to_record());
+    let push = |batch: &mut BatchBuilder, record: RecordInput| -> Result<(), String> {
+        batch.push(record);
         if batch.encoded_len() >= HOP_BATCH_BYTES_MAX {
             let bytes = batch.build().map_err(|e| e.to_string())?;
             partition.append(&bytes).map_err(|e| e.to_string())?;
-            batch = BatchBuilder::new();
+            *batch = BatchBuilder::new();
+        }
+        Ok(())
+    };
+    for entry in entries {
+        match entry {
+            Entry::Hops(hops) => {
+                for hop in hops {
+                    push(&mut batch, hop.to_record())?;
+                }
+            }
+            Entry::Placed(p) => push(&mut batch, p.to_record())?,
+            Entry::Positions(p) => push(&mut batch, p.to_record())?,
         }
     }
     if !batch.is_empty() {

@@ -75,7 +75,18 @@ pub struct HttpArgs {
     /// Also measure ingest with a 10-field JSON Schema registered (validation at ingest).
     #[arg(long)]
     pub schema: bool,
+    /// Also measure what observability costs ingest: a server with lineage off, the default
+    /// (lineage on), and the default while `/metrics` is scraped every
+    /// [`SCRAPE_INTERVAL_MS`] ms, in alternating rounds.
+    #[arg(long)]
+    pub observability: bool,
 }
+
+/// How often `--observability` scrapes `/metrics` during its third case (Prometheus' default is
+/// every 15 s; this is 150 times as often).
+pub const SCRAPE_INTERVAL_MS: u64 = 100;
+/// Rounds of each `--observability` case.
+const OBSERVABILITY_ROUNDS: usize = 5;
 
 /// The 10-field order schema of `--schema` (JSON Schema 2020-12).
 const ORDER_SCHEMA: &str = r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{"order_id":{"type":"string"},"customer":{"type":"string"},"total":{"type":"number","minimum":0},"currency":{"type":"string","enum":["EUR","USD"]},"items":{"type":"integer","minimum":1},"paid":{"type":"boolean"},"created":{"type":"string"},"channel":{"type":"string","maxLength":32},"coupon":{"type":["string","null"]},"note":{"type":"string"}},"required":["order_id","customer","total","currency"],"additionalProperties":false}"#;
@@ -137,6 +148,17 @@ fn publish(agent: &ureq::Agent, url: &str, body: &[u8]) -> anyhow::Result<()> {
 /// # Errors
 /// If it cannot start or does not become healthy within [`START_TIMEOUT`].
 pub fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(ServerProcess, String)> {
+    start_server_with(data_dir, &[])
+}
+
+/// [`start_server`] with extra `gearbox serve` options.
+///
+/// # Errors
+/// As [`start_server`].
+pub fn start_server_with(
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<(ServerProcess, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -150,6 +172,7 @@ pub fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(ServerProcess
             "--publish-in-flight-max",
             "256",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -418,6 +441,134 @@ fn report_schema_cost(c: &SchemaCost, args: &HttpArgs) {
     );
 }
 
+/// Ingest throughput per round for each observability case.
+struct ObservabilityCost {
+    lineage_off: Vec<f64>,
+    lineage_on: Vec<f64>,
+    scraped: Vec<f64>,
+    /// Scrapes made during the scraped rounds, and their mean time.
+    scrapes: u64,
+    scrape_ms: f64,
+    scrape_bytes: usize,
+}
+
+fn observability_cost(
+    scratch: &std::path::Path,
+    url_on: &str,
+    w: &Workload,
+    partitions: u32,
+) -> anyhow::Result<ObservabilityCost> {
+    let a = agent();
+    let config = scratch.join("lineage-off.yaml");
+    std::fs::write(&config, "lineage: { enabled: false }\n")?;
+    let (_off, url_off) = start_server_with(
+        &scratch.join("data-lineage-off"),
+        &["--config", config.to_str().context("a UTF-8 path")?],
+    )?;
+    create_topic(&a, &url_off, "obs", partitions)?;
+    create_topic(&a, url_on, "obs", partitions)?;
+    let mut out = ObservabilityCost {
+        lineage_off: Vec::new(),
+        lineage_on: Vec::new(),
+        scraped: Vec::new(),
+        scrapes: 0,
+        scrape_ms: 0.0,
+        scrape_bytes: 0,
+    };
+    let mut scrape_total = Duration::ZERO;
+    for _ in 0..OBSERVABILITY_ROUNDS {
+        out.lineage_off
+            .push(ingest(&url_off, w, "obs", None)?.events_per_s());
+        out.lineage_on
+            .push(ingest(url_on, w, "obs", None)?.events_per_s());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (rate, scrapes) = std::thread::scope(|s| -> anyhow::Result<_> {
+            let scraper = s.spawn(|| -> anyhow::Result<(u64, Duration, usize)> {
+                let a = agent();
+                let (mut n, mut spent, mut bytes) = (0u64, Duration::ZERO, 0usize);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let text = a
+                        .get(&format!("{url_on}/metrics"))
+                        .call()?
+                        .body_mut()
+                        .read_to_string()?;
+                    spent += t.elapsed();
+                    bytes = text.len();
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(SCRAPE_INTERVAL_MS));
+                }
+                Ok((n, spent, bytes))
+            });
+            let rate = ingest(url_on, w, "obs", None).map(|i| i.events_per_s());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let scrapes = scraper
+                .join()
+                .map_err(|_| anyhow::anyhow!("the scraper panicked"))??;
+            Ok((rate?, scrapes))
+        })?;
+        out.scraped.push(rate);
+        out.scrapes += scrapes.0;
+        scrape_total += scrapes.1;
+        out.scrape_bytes = scrapes.2;
+    }
+    out.scrape_ms = scrape_total.as_secs_f64() * 1000.0 / out.scrapes.max(1) as f64;
+    Ok(out)
+}
+
+fn report_observability_cost(c: &ObservabilityCost, args: &HttpArgs) {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (off, on, scraped) = (mean(&c.lineage_off), mean(&c.lineage_on), mean(&c.scraped));
+    let lineage_cost = (1.0 - on / off) * 100.0;
+    let scrape_cost = (1.0 - scraped / on) * 100.0;
+    if args.json {
+        println!(
+            "{}",
+            json!({"observability": {
+                "lineage_off_events_per_s": c.lineage_off, "lineage_on_events_per_s": c.lineage_on,
+                "scraped_events_per_s": c.scraped, "lineage_cost_percent": lineage_cost,
+                "scrape_cost_percent": scrape_cost, "scrape_interval_ms": SCRAPE_INTERVAL_MS,
+                "scrapes": c.scrapes, "scrape_mean_ms": c.scrape_ms, "scrape_bytes": c.scrape_bytes}})
+        );
+        return;
+    }
+    let rounds = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!();
+    println!(
+        "observability cost ({} producers x {} events/request, {OBSERVABILITY_ROUNDS} alternating rounds)",
+        args.producers, args.batch
+    );
+    println!(
+        "  lineage off              {off:>10.0} events/s  (rounds: {})",
+        rounds(&c.lineage_off)
+    );
+    println!(
+        "  lineage on (default)     {on:>10.0} events/s  (rounds: {})",
+        rounds(&c.lineage_on)
+    );
+    println!(
+        "  on + /metrics every {SCRAPE_INTERVAL_MS} ms {scraped:>9.0} events/s  (rounds: {})",
+        rounds(&c.scraped)
+    );
+    println!(
+        "  lineage cost             {lineage_cost:>9.1}% of ingest (on / off = {:.3})",
+        on / off
+    );
+    println!(
+        "  scrape cost              {scrape_cost:>9.1}% of ingest (scraped / on = {:.3})",
+        scraped / on
+    );
+    println!(
+        "  scrapes                  {:>10}  ({:.2} ms each, {} bytes)",
+        c.scrapes, c.scrape_ms, c.scrape_bytes
+    );
+}
+
 /// Runs `gearbox bench http`.
 ///
 /// # Errors
@@ -465,6 +616,16 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let observability = if args.observability {
+        Some(observability_cost(
+            scratch.path(),
+            &url,
+            &w,
+            args.partitions,
+        )?)
+    } else {
+        None
+    };
     drop(server);
     let events_s = t.events_per_s();
     let requests = t.latency.count();
@@ -484,6 +645,9 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
         );
         if let Some(c) = &schema {
             report_schema_cost(c, args);
+        }
+        if let Some(c) = &observability {
+            report_observability_cost(c, args);
         }
         return Ok(());
     }
@@ -524,6 +688,9 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
     );
     if let Some(c) = &schema {
         report_schema_cost(c, args);
+    }
+    if let Some(c) = &observability {
+        report_observability_cost(c, args);
     }
     ensure!(
         l.received == l.sent,
