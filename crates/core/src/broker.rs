@@ -15,7 +15,7 @@
 use crate::appenders::{Appenders, Pending};
 use crate::dedup::{self, DedupWindow, Position, Reservation};
 use crate::event::CloudEvent;
-use crate::lineage::{Hop, HopKind, Lineage, LineageConfig, Placed, PlacedEvent, Positions};
+use crate::lineage::{Hop, HopKind, Lineage, LineageConfig, PlacementLines, Positions};
 use crate::partitioner::partition_for;
 use crate::registry::{Registry, Target, Verdict};
 use crate::store::{self, Store, StoreError, Write};
@@ -785,24 +785,12 @@ impl Broker {
             .map(|e| partition_for(e.partition_key().unwrap_or(&e.id).as_bytes(), partitions))
             .collect();
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        // Lineage: what each event's placement hop needs, taken before the events become
-        // records (one `PlacedEvent` per event; the offsets are filled in after the append).
-        let mut placed: Vec<PlacedEvent> = if self.lineage.enabled() {
-            let dlq = topic.ends_with(DLQ_SUFFIX);
-            events
-                .iter()
-                .map(|e| {
-                    let mut p = PlacedEvent::of(e, 0);
-                    if dlq {
-                        p.pipeline = e.extensions.get("dlqpipeline").cloned();
-                        p.detail = e.extensions.get("dlqerror").cloned();
-                    }
-                    p
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // Lineage: each event's placement line, encoded into one buffer before the events
+        // become records; after the append, one record per partition ([`PlacementLines`]).
+        let lines = self
+            .lineage
+            .enabled()
+            .then(|| PlacementLines::of(&events, topic.ends_with(DLQ_SUFFIX)));
         let records: Vec<RecordInput> = match events {
             Cow::Borrowed(events) => events.iter().map(|e| e.to_record(now)).collect(),
             Cow::Owned(events) => events.into_iter().map(|e| e.into_record(now)).collect(),
@@ -820,9 +808,11 @@ impl Broker {
         // A key repeated inside the request is a duplicate of its first occurrence.
         let mut first: HashMap<&dedup::Key, usize, dedup::KeyHash> =
             HashMap::with_capacity_and_hasher(keys.len(), dedup::KeyHash);
-        let unique: Vec<usize> = (0..ids.len())
-            .filter(|&i| *first.entry(&keys[i]).or_insert(i) == i)
+        // Each event's first occurrence in the request.
+        let firsts: Vec<usize> = (0..ids.len())
+            .map(|i| *first.entry(&keys[i]).or_insert(i))
             .collect();
+        let unique: Vec<usize> = (0..ids.len()).filter(|&i| firsts[i] == i).collect();
         let unique_keys: Vec<&dedup::Key> = unique.iter().map(|&i| &keys[i]).collect();
         let reservations = entry.dedup.reserve(&unique_keys, now);
 
@@ -838,9 +828,11 @@ impl Broker {
         let mut stored = Vec::new();
         let mut released = Vec::new();
         let mut failure = None;
+        let mut bases: Vec<(u32, u64)> = Vec::new();
         for ((&p, indexes), outcome) in by_partition.iter().zip(outcomes) {
             match outcome {
                 Ok(base) => {
+                    bases.push((p, base));
                     for (k, &i) in indexes.iter().enumerate() {
                         let pos = Position {
                             partition: p,
@@ -858,10 +850,38 @@ impl Broker {
         }
         entry.dedup.store(&stored, now);
         entry.dedup.release(&released);
-        if !placed.is_empty() {
+        if let Some(lines) = &lines {
             // Before waking pollers, so an event's placement is usually recorded before its
             // deliveries (lookups also join hops recorded a moment out of order).
-            self.record_placements(topic, now, &mut placed, &positions, |i| first[&keys[i]]);
+            let kind = if topic.ends_with(DLQ_SUFFIX) {
+                HopKind::DeadLettered
+            } else {
+                HopKind::Appended
+            };
+            for &(p, base) in &bases {
+                self.lineage.record_placement_lines(
+                    lines,
+                    kind,
+                    now,
+                    topic,
+                    p,
+                    base,
+                    &by_partition[&p],
+                );
+            }
+            let duplicates: Vec<Hop> = (0..ids.len())
+                .filter_map(|i| {
+                    let (pos, dup) = positions[firsts[i]]?;
+                    (dup || firsts[i] != i).then(|| {
+                        Hop::event(HopKind::Duplicate, now, &ids[i]).position(
+                            topic,
+                            pos.partition,
+                            pos.offset,
+                        )
+                    })
+                })
+                .collect();
+            self.lineage.record(duplicates);
         }
         if !stored.is_empty() {
             entry.notify.notify_waiters();
@@ -873,7 +893,7 @@ impl Broker {
             .into_iter()
             .enumerate()
             .map(|(i, id)| {
-                let first = first[&keys[i]];
+                let first = firsts[i];
                 let (position, duplicate) = positions[first].expect("every event was placed");
                 Published {
                     id,
@@ -1535,56 +1555,6 @@ impl Broker {
         // A nack (say, `retry_in_ms: 0`) can make an event deliverable now.
         entry.notify.notify_waiters();
         Ok((settled.count, settled.not_in_flight))
-    }
-
-    /// Lineage of a publish: one [`Placed`] batch per partition for the events appended, a
-    /// `duplicate` hop for each event that was not.
-    fn record_placements(
-        &self,
-        topic: &str,
-        now: i64,
-        placed: &mut [PlacedEvent],
-        positions: &[Option<(Position, bool)>],
-        first: impl Fn(usize) -> usize,
-    ) {
-        let kind = if topic.ends_with(DLQ_SUFFIX) {
-            HopKind::DeadLettered
-        } else {
-            HopKind::Appended
-        };
-        let mut batches: BTreeMap<u32, Vec<PlacedEvent>> = BTreeMap::new();
-        let mut duplicates = Vec::new();
-        for (i, p) in placed.iter_mut().enumerate() {
-            let Some((pos, dup)) = positions[first(i)] else {
-                continue;
-            };
-            let mut p = std::mem::take(p);
-            p.offset = pos.offset;
-            if dup || first(i) != i {
-                let mut h = Hop::event(HopKind::Duplicate, now, &p.id).position(
-                    topic,
-                    pos.partition,
-                    pos.offset,
-                );
-                h.source = Some(p.source);
-                h.correlation_id = p.correlation_id;
-                h.causation_id = p.causation_id;
-                h.traceparent = p.traceparent;
-                duplicates.push(h);
-            } else {
-                batches.entry(pos.partition).or_default().push(p);
-            }
-        }
-        for (partition, events) in batches {
-            self.lineage.record_placed(Placed {
-                at_ms: now,
-                kind,
-                topic: topic.to_string(),
-                partition,
-                events,
-            });
-        }
-        self.lineage.record(duplicates);
     }
 
     /// Records an ack's or a nack's hops.

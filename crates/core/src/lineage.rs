@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 
 /// Batches of hops that may wait for the writer; beyond it, hops are dropped and counted.
 pub const LINEAGE_QUEUE_MAX: usize = 1024;
+/// How long the writer waits for more hops before an append (fewer, larger appends).
+pub const LINEAGE_LINGER_MS: u64 = 20;
 /// Most events in one placement record.
 pub const PLACED_EVENTS_MAX: usize = 1000;
 /// Largest batch the lineage log accepts (a placement record of long ids fits).
@@ -398,14 +400,24 @@ pub struct PlacedEvent {
 }
 
 impl PlacedEvent {
-    /// The event's attributes lineage keeps, at `offset`.
+    /// The event's attributes lineage keeps, at `offset`. `source` stays empty when it equals
+    /// `same_source_as` (the previous event's; a batch usually has one source), which a
+    /// placement record reads as "the previous event's source".
     #[must_use]
-    pub fn of(e: &crate::event::CloudEvent, offset: u64) -> PlacedEvent {
+    pub fn of(
+        e: &crate::event::CloudEvent,
+        offset: u64,
+        same_source_as: Option<&crate::event::CloudEvent>,
+    ) -> PlacedEvent {
         let ext = |k: &str| e.extensions.get(k).filter(|v| !v.is_empty()).cloned();
         PlacedEvent {
             offset,
             id: e.id.clone(),
-            source: e.source.clone(),
+            source: if same_source_as.is_some_and(|p| p.source == e.source) {
+                String::new()
+            } else {
+                e.source.clone()
+            },
             correlation_id: ext("correlationid"),
             causation_id: ext("causationid"),
             traceparent: ext("traceparent"),
@@ -439,6 +451,8 @@ enum Entry {
     Hops(Vec<Hop>),
     Placed(Placed),
     Positions(Positions),
+    /// A placement record already encoded, and how many events it holds.
+    PlacedText(i64, String, usize),
 }
 
 impl Entry {
@@ -447,6 +461,7 @@ impl Entry {
             Entry::Hops(h) => h.len(),
             Entry::Placed(p) => p.events.len(),
             Entry::Positions(p) => p.items.len(),
+            Entry::PlacedText(_, _, n) => *n,
         }
     }
 }
@@ -495,48 +510,142 @@ fn optional(field: &str) -> Option<String> {
 }
 
 impl Placed {
-    /// `kind \t topic \t partition`, then a line per event: `offset \t id \t source \t
-    /// correlation \t causation \t traceparent \t detail \t pipeline`, compacted: an offset one
-    /// past the previous one is left empty, a source equal to the previous one too (a source is
-    /// never empty), and trailing empty fields are dropped. About 10 bytes per event of a
-    /// typical batch besides its id.
+    /// The placement record (see [`PlacementLines`] for the format).
     fn to_record(&self) -> RecordInput {
-        use std::fmt::Write as _;
-        let mut v = String::with_capacity(64 + self.events.len() * 24);
-        v.push_str(self.kind.as_str());
-        put_field(&mut v, Some(&self.topic));
-        let _ = write!(v, "\t{}", self.partition);
-        let mut prev: Option<(u64, &str)> = None;
+        let default_source = self.events.first().map_or("", |e| e.source.as_str());
+        let mut lines = PlacementLines::with_default_source(default_source);
         for e in &self.events {
-            v.push('\n');
-            if prev.is_none_or(|(o, _)| o + 1 != e.offset) {
-                let _ = write!(v, "{}", e.offset);
-            }
-            put_field(&mut v, Some(&e.id));
-            let same_source = prev.is_some_and(|(_, s)| s == e.source);
-            let rest = [
-                (!same_source).then_some(e.source.as_str()),
-                e.correlation_id.as_deref(),
-                e.causation_id.as_deref(),
-                e.traceparent.as_deref(),
-                e.detail.as_deref(),
-                e.pipeline.as_deref(),
-            ];
-            let used = rest.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
-            for f in &rest[..used] {
-                put_field(&mut v, *f);
-            }
-            prev = Some((e.offset, &e.source));
+            lines.push_line(
+                &e.id,
+                &e.source,
+                [
+                    e.correlation_id.as_deref(),
+                    e.causation_id.as_deref(),
+                    e.traceparent.as_deref(),
+                    e.detail.as_deref(),
+                    e.pipeline.as_deref(),
+                ],
+            );
         }
-        RecordInput {
-            timestamp: self.at_ms,
-            key: None,
-            value: Some(v.into_bytes()),
-            headers: vec![RecordHeader {
-                key: Cow::Borrowed("b"),
-                value: Some(b"placed".to_vec()),
-            }],
+        let first = self.events.first().map_or(0, |e| e.offset);
+        let mut body = lines.head(self.kind, &self.topic, self.partition, first);
+        // Offsets that are not one past the previous one are written out.
+        let mut prev: Option<u64> = None;
+        for (e, span) in self.events.iter().zip(&lines.spans) {
+            body.push('\n');
+            if prev.is_some_and(|o| o + 1 != e.offset) {
+                body.push_str(&e.offset.to_string());
+            }
+            body.push_str(&lines.text[span.clone()]);
+            prev = Some(e.offset);
         }
+        placed_record(self.at_ms, body)
+    }
+}
+
+fn placed_record(at_ms: i64, body: String) -> RecordInput {
+    RecordInput {
+        timestamp: at_ms,
+        key: None,
+        value: Some(body.into_bytes()),
+        headers: vec![RecordHeader {
+            key: Cow::Borrowed("b"),
+            value: Some(b"placed".to_vec()),
+        }],
+    }
+}
+
+/// A publish's placement lines, encoded on the publishing thread before its events become
+/// records, in one buffer (no allocation per event); after the append, each partition's lines
+/// are copied into one placement record.
+///
+/// A placement record is a head `kind \t topic \t partition \t first offset \t default source`,
+/// then a line per event: `offset \t id \t source \t correlation \t causation \t traceparent \t
+/// detail \t pipeline`, where an empty offset is one past the previous one (the first is the
+/// head's), an empty source is the default source, and trailing empty fields are dropped.
+#[derive(Debug, Default)]
+pub struct PlacementLines {
+    text: String,
+    spans: Vec<std::ops::Range<usize>>,
+    default_source: String,
+}
+
+impl PlacementLines {
+    fn with_default_source(source: &str) -> PlacementLines {
+        PlacementLines {
+            default_source: source.to_string(),
+            ..PlacementLines::default()
+        }
+    }
+
+    /// The lines of `events`, in order (`dlq`: take the dead-letter error and pipeline from
+    /// their `dlq*` extensions).
+    #[must_use]
+    pub fn of(events: &[crate::event::CloudEvent], dlq: bool) -> PlacementLines {
+        let mut lines =
+            PlacementLines::with_default_source(events.first().map_or("", |e| e.source.as_str()));
+        lines.text.reserve(events.len() * 24);
+        lines.spans.reserve(events.len());
+        for e in events {
+            let ext = |k: &str| e.extensions.get(k).map(String::as_str);
+            lines.push_line(
+                &e.id,
+                &e.source,
+                [
+                    ext("correlationid"),
+                    ext("causationid"),
+                    ext("traceparent"),
+                    if dlq { ext("dlqerror") } else { None },
+                    if dlq { ext("dlqpipeline") } else { None },
+                ],
+            );
+        }
+        lines
+    }
+
+    /// One line, without its offset field: `\t id \t source ...`.
+    fn push_line(&mut self, id: &str, source: &str, rest: [Option<&str>; 5]) {
+        let start = self.text.len();
+        put_field(&mut self.text, Some(id));
+        let source = (source != self.default_source).then_some(source);
+        let fields = [source, rest[0], rest[1], rest[2], rest[3], rest[4]];
+        let used = fields
+            .iter()
+            .rposition(|f| f.is_some_and(|v| !v.is_empty()))
+            .map_or(0, |i| i + 1);
+        for f in &fields[..used] {
+            put_field(&mut self.text, *f);
+        }
+        self.spans.push(start..self.text.len());
+    }
+
+    fn head(&self, kind: HopKind, topic: &str, partition: u32, first_offset: u64) -> String {
+        let mut head = String::with_capacity(self.text.len() / self.spans.len().max(1) * 4 + 64);
+        head.push_str(kind.as_str());
+        put_field(&mut head, Some(topic));
+        head.push_str(&format!("\t{partition}\t{first_offset}"));
+        put_field(&mut head, Some(&self.default_source));
+        head
+    }
+
+    /// The placement record of the events at `indexes` (in order), appended at consecutive
+    /// offsets from `base` of `partition`.
+    #[must_use]
+    fn body(
+        &self,
+        kind: HopKind,
+        topic: &str,
+        partition: u32,
+        base: u64,
+        indexes: &[usize],
+    ) -> String {
+        let mut body = self.head(kind, topic, partition, base);
+        body.reserve(indexes.iter().map(|&i| self.spans[i].len() + 1).sum());
+        for &i in indexes {
+            body.push('\n');
+            body.push_str(&self.text[self.spans[i].clone()]);
+        }
+        body
     }
 }
 
@@ -757,30 +866,32 @@ impl Scan<'_> {
         let mut lines = text.split('\n');
         let Some(head) = lines.next() else { return };
         let head: Vec<&str> = head.split('\t').collect();
-        let (Some(kind), Some(topic), Some(partition)) = (
+        let (Some(kind), Some(topic), Some(partition), Some(first)) = (
             head.first().and_then(|k| HopKind::parse(k)),
             head.get(1).map(|t| unescape(t)),
             head.get(2).and_then(|p| p.parse::<u32>().ok()),
+            head.get(3).and_then(|o| o.parse::<u64>().ok()),
         ) else {
             return;
         };
-        // The compaction of `Placed::to_record`: an empty offset is one past the previous one,
-        // an empty source is the previous one.
+        let default_source = head.get(4).map(|s| unescape(s));
+        // See `PlacementLines`: an empty offset is one past the previous one, an empty source
+        // the default one.
         let mut prev_offset: Option<u64> = None;
-        let mut prev_source: Option<Cow<'_, str>> = None;
         for line in lines {
             let f: Vec<&str> = line.split('\t').collect();
             let offset = match f.first() {
                 Some(o) if !o.is_empty() => o.parse().ok(),
-                _ => prev_offset.map(|o| o + 1),
+                _ => Some(prev_offset.map_or(first, |o| o + 1)),
             };
             let (Some(offset), Some(id)) = (offset, f.get(1)) else {
                 continue;
             };
             prev_offset = Some(offset);
-            if let Some(src) = f.get(2).filter(|s| !s.is_empty()) {
-                prev_source = Some(unescape(src));
-            }
+            let source = match f.get(2).filter(|s| !s.is_empty()) {
+                Some(src) => Some(unescape(src)),
+                None => default_source.clone(),
+            };
             let id = unescape(id);
             let corr = f.get(3).and_then(|c| optional(c));
             if !self.wants(&id, corr.as_deref()) {
@@ -791,7 +902,7 @@ impl Scan<'_> {
                 at_ms,
                 kind,
                 event_id: Some(id.to_string()),
-                source: prev_source.as_deref().map(str::to_string),
+                source: source.as_deref().map(str::to_string),
                 topic: Some(topic.to_string()),
                 partition: Some(partition),
                 offset: Some(offset),
@@ -951,6 +1062,27 @@ impl Lineage {
             self.queue(Entry::Placed(head));
         }
         self.queue(Entry::Placed(placed));
+    }
+
+    /// Queues the placement record of a publish's events at `indexes` of `lines`, appended at
+    /// consecutive offsets from `base` (see [`PlacementLines`]), in records of at most
+    /// [`PLACED_EVENTS_MAX`] events.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_placement_lines(
+        &self,
+        lines: &PlacementLines,
+        kind: HopKind,
+        at_ms: i64,
+        topic: &str,
+        partition: u32,
+        base: u64,
+        indexes: &[usize],
+    ) {
+        for (k, chunk) in indexes.chunks(PLACED_EVENTS_MAX).enumerate() {
+            let first = base + (k * PLACED_EVENTS_MAX) as u64;
+            let body = lines.body(kind, topic, partition, first, chunk);
+            self.queue(Entry::PlacedText(at_ms, body, chunk.len()));
+        }
     }
 
     /// Queues a batch of position-keyed hops (see [`Positions`]).
@@ -1132,8 +1264,11 @@ fn write_loop(rx: &Receiver<Entry>, partition: &gearbox_log::Partition, progress
         let mut stop = first.len() == 0;
         let mut n = first.len();
         let mut entries = vec![first];
-        while n < LINEAGE_WRITE_HOPS_MAX {
-            match rx.try_recv() {
+        // Linger a moment so that many small batches become one append.
+        let deadline = Instant::now() + Duration::from_millis(LINEAGE_LINGER_MS);
+        while n < LINEAGE_WRITE_HOPS_MAX && !stop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(more) if more.len() == 0 => stop = true,
                 Ok(more) => {
                     n += more.len();
@@ -1190,6 +1325,9 @@ fn append(partition: &gearbox_log::Partition, entries: &[Entry]) -> Result<(), S
             }
             Entry::Placed(p) => push(&mut batch, p.to_record())?,
             Entry::Positions(p) => push(&mut batch, p.to_record())?,
+            Entry::PlacedText(at_ms, body, _) => {
+                push(&mut batch, placed_record(*at_ms, body.clone()))?
+            }
         }
     }
     if !batch.is_empty() {

@@ -86,7 +86,7 @@ pub struct HttpArgs {
 /// every 15 s; this is 150 times as often).
 pub const SCRAPE_INTERVAL_MS: u64 = 100;
 /// Rounds of each `--observability` case.
-const OBSERVABILITY_ROUNDS: usize = 5;
+const OBSERVABILITY_ROUNDS: usize = 6;
 
 /// The 10-field order schema of `--schema` (JSON Schema 2020-12).
 const ORDER_SCHEMA: &str = r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{"order_id":{"type":"string"},"customer":{"type":"string"},"total":{"type":"number","minimum":0},"currency":{"type":"string","enum":["EUR","USD"]},"items":{"type":"integer","minimum":1},"paid":{"type":"boolean"},"created":{"type":"string"},"channel":{"type":"string","maxLength":32},"coupon":{"type":["string","null"]},"note":{"type":"string"}},"required":["order_id","customer","total","currency"],"additionalProperties":false}"#;
@@ -96,6 +96,20 @@ const ORDER_DATA: &str = r#"{"order_id":"o-1001","customer":"c-7","total":42.5,"
 /// A `gearbox serve` child process, killed when dropped.
 #[derive(Debug)]
 pub struct ServerProcess(Child);
+
+impl ServerProcess {
+    /// CPU time (user + system) the server has used so far, from `/proc/<pid>/stat`, in clock
+    /// ticks (`None` where `/proc` cannot tell).
+    #[must_use]
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).ok()?;
+        // Fields after the command name (which may hold spaces) start after its ')'.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    }
+}
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -445,6 +459,9 @@ fn report_schema_cost(c: &SchemaCost, args: &HttpArgs) {
 struct ObservabilityCost {
     lineage_off: Vec<f64>,
     lineage_on: Vec<f64>,
+    /// The server's CPU ticks per million events acknowledged, per round.
+    cpu_off: Vec<f64>,
+    cpu_on: Vec<f64>,
     scraped: Vec<f64>,
     /// Scrapes made during the scraped rounds, and their mean time.
     scrapes: u64,
@@ -452,81 +469,137 @@ struct ObservabilityCost {
     scrape_bytes: usize,
 }
 
+/// Two fresh servers, one with lineage off and one with the defaults, so that neither carries
+/// the state of earlier runs.
 fn observability_cost(
     scratch: &std::path::Path,
-    url_on: &str,
     w: &Workload,
     partitions: u32,
 ) -> anyhow::Result<ObservabilityCost> {
     let a = agent();
     let config = scratch.join("lineage-off.yaml");
     std::fs::write(&config, "lineage: { enabled: false }\n")?;
-    let (_off, url_off) = start_server_with(
+    let (off, url_off) = start_server_with(
         &scratch.join("data-lineage-off"),
         &["--config", config.to_str().context("a UTF-8 path")?],
     )?;
+    let (on, url_on) = start_server(&scratch.join("data-lineage-on"))?;
+    // Events/s, and the server's CPU ticks per million events.
+    let measured = |server: &ServerProcess, url: &str| -> anyhow::Result<(f64, f64)> {
+        let before = server.cpu_ticks();
+        let i = ingest(url, w, "obs", None)?;
+        let ticks = match (before, server.cpu_ticks()) {
+            (Some(b), Some(a)) => (a - b) as f64 * 1e6 / i.events.max(1) as f64,
+            _ => f64::NAN,
+        };
+        Ok((i.events_per_s(), ticks))
+    };
+    let url_on = url_on.as_str();
     create_topic(&a, &url_off, "obs", partitions)?;
     create_topic(&a, url_on, "obs", partitions)?;
     let mut out = ObservabilityCost {
         lineage_off: Vec::new(),
         lineage_on: Vec::new(),
+        cpu_off: Vec::new(),
+        cpu_on: Vec::new(),
         scraped: Vec::new(),
         scrapes: 0,
         scrape_ms: 0.0,
         scrape_bytes: 0,
     };
     let mut scrape_total = Duration::ZERO;
-    for _ in 0..OBSERVABILITY_ROUNDS {
-        out.lineage_off
-            .push(ingest(&url_off, w, "obs", None)?.events_per_s());
-        out.lineage_on
-            .push(ingest(url_on, w, "obs", None)?.events_per_s());
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let (rate, scrapes) = std::thread::scope(|s| -> anyhow::Result<_> {
-            let scraper = s.spawn(|| -> anyhow::Result<(u64, Duration, usize)> {
-                let a = agent();
-                let (mut n, mut spent, mut bytes) = (0u64, Duration::ZERO, 0usize);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let text = a
-                        .get(&format!("{url_on}/metrics"))
-                        .call()?
-                        .body_mut()
-                        .read_to_string()?;
-                    spent += t.elapsed();
-                    bytes = text.len();
-                    n += 1;
-                    std::thread::sleep(Duration::from_millis(SCRAPE_INTERVAL_MS));
+    // The order alternates round by round (off, on, scraped; then scraped, on, off), so a drift
+    // of the machine over the run (page cache, the disk's own state) hits every case alike.
+    for round in 0..OBSERVABILITY_ROUNDS {
+        let mut cases = [0u8, 1, 2];
+        if round % 2 == 1 {
+            cases.reverse();
+        }
+        for case in cases {
+            match case {
+                0 => {
+                    let (rate, cpu) = measured(&off, &url_off)?;
+                    out.lineage_off.push(rate);
+                    out.cpu_off.push(cpu);
                 }
-                Ok((n, spent, bytes))
-            });
-            let rate = ingest(url_on, w, "obs", None).map(|i| i.events_per_s());
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let scrapes = scraper
-                .join()
-                .map_err(|_| anyhow::anyhow!("the scraper panicked"))??;
-            Ok((rate?, scrapes))
-        })?;
-        out.scraped.push(rate);
-        out.scrapes += scrapes.0;
-        scrape_total += scrapes.1;
-        out.scrape_bytes = scrapes.2;
+                1 => {
+                    let (rate, cpu) = measured(&on, url_on)?;
+                    out.lineage_on.push(rate);
+                    out.cpu_on.push(cpu);
+                }
+                _ => {
+                    let (rate, scrapes) = scraped_ingest(url_on, w)?;
+                    out.scraped.push(rate);
+                    out.scrapes += scrapes.0;
+                    scrape_total += scrapes.1;
+                    out.scrape_bytes = scrapes.2;
+                }
+            }
+        }
     }
     out.scrape_ms = scrape_total.as_secs_f64() * 1000.0 / out.scrapes.max(1) as f64;
     Ok(out)
 }
 
+/// Ingest into `url_on` while a thread scrapes its `/metrics` every [`SCRAPE_INTERVAL_MS`];
+/// returns events/s and (scrapes, time spent scraping, bytes of the last scrape).
+fn scraped_ingest(url_on: &str, w: &Workload) -> anyhow::Result<(f64, (u64, Duration, usize))> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let scraper = s.spawn(|| -> anyhow::Result<(u64, Duration, usize)> {
+            let a = agent();
+            let (mut n, mut spent, mut bytes) = (0u64, Duration::ZERO, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let text = a
+                    .get(&format!("{url_on}/metrics"))
+                    .call()?
+                    .body_mut()
+                    .read_to_string()?;
+                spent += t.elapsed();
+                bytes = text.len();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(SCRAPE_INTERVAL_MS));
+            }
+            Ok((n, spent, bytes))
+        });
+        let rate = ingest(url_on, w, "obs", None).map(|i| i.events_per_s());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let scrapes = scraper
+            .join()
+            .map_err(|_| anyhow::anyhow!("the scraper panicked"))??;
+        Ok((rate?, scrapes))
+    })
+}
+
+/// The median of the per-round ratios `a[i] / b[i]` (rounds are paired: they ran back to back).
+fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    r.sort_by(f64::total_cmp);
+    match r.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => r[n / 2],
+        n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    }
+}
+
 fn report_observability_cost(c: &ObservabilityCost, args: &HttpArgs) {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (off, on, scraped) = (mean(&c.lineage_off), mean(&c.lineage_on), mean(&c.scraped));
-    let lineage_cost = (1.0 - on / off) * 100.0;
-    let scrape_cost = (1.0 - scraped / on) * 100.0;
+    let on_off = median_ratio(&c.lineage_on, &c.lineage_off);
+    let scraped_on = median_ratio(&c.scraped, &c.lineage_on);
+    let lineage_cost = (1.0 - on_off) * 100.0;
+    let cpu_ratio = median_ratio(&c.cpu_on, &c.cpu_off);
+    let cpu_cost = (cpu_ratio - 1.0) * 100.0;
+    let scrape_cost = (1.0 - scraped_on) * 100.0;
     if args.json {
         println!(
             "{}",
             json!({"observability": {
                 "lineage_off_events_per_s": c.lineage_off, "lineage_on_events_per_s": c.lineage_on,
                 "scraped_events_per_s": c.scraped, "lineage_cost_percent": lineage_cost,
+                "cpu_ticks_per_million_off": c.cpu_off, "cpu_ticks_per_million_on": c.cpu_on,
+                "lineage_cpu_cost_percent": cpu_cost,
                 "scrape_cost_percent": scrape_cost, "scrape_interval_ms": SCRAPE_INTERVAL_MS,
                 "scrapes": c.scrapes, "scrape_mean_ms": c.scrape_ms, "scrape_bytes": c.scrape_bytes}})
         );
@@ -556,12 +629,15 @@ fn report_observability_cost(c: &ObservabilityCost, args: &HttpArgs) {
         rounds(&c.scraped)
     );
     println!(
-        "  lineage cost             {lineage_cost:>9.1}% of ingest (on / off = {:.3})",
-        on / off
+        "  lineage cost             {lineage_cost:>9.1}% of ingest (median of per-round on / off = {on_off:.3})"
     );
     println!(
-        "  scrape cost              {scrape_cost:>9.1}% of ingest (scraped / on = {:.3})",
-        scraped / on
+        "  scrape cost              {scrape_cost:>9.1}% of ingest (median of per-round scraped / on = {scraped_on:.3})"
+    );
+    println!(
+        "  server CPU per event     {cpu_cost:>9.1}% more with lineage (median of per-round on / off = {cpu_ratio:.3}; ticks per million events off: {}, on: {})",
+        rounds(&c.cpu_off),
+        rounds(&c.cpu_on)
     );
     println!(
         "  scrapes                  {:>10}  ({:.2} ms each, {} bytes)",
@@ -617,12 +693,7 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
         None
     };
     let observability = if args.observability {
-        Some(observability_cost(
-            scratch.path(),
-            &url,
-            &w,
-            args.partitions,
-        )?)
+        Some(observability_cost(scratch.path(), &w, args.partitions)?)
     } else {
         None
     };
