@@ -10,6 +10,8 @@
 mod dashboard;
 pub mod error;
 mod ingest;
+mod lineage;
+mod metrics;
 mod pipelines;
 mod registry;
 
@@ -46,13 +48,35 @@ pub const POLL_WAIT_MS_MAX: u64 = gearbox_connect::backbone::POLL_WAIT_MS_MAX;
 const EVENTS_DEFAULT: usize = 100;
 
 /// Shared state of the HTTP server.
-#[derive(Debug)]
 pub struct AppState {
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
     publish_in_flight_max: usize,
     pipelines: Arc<gearbox_connect::metrics::Registry>,
     hooks: HashMap<String, gearbox_connectors::webhook::WebhookEndpoint>,
+    /// What `/metrics` encodes.
+    metrics: prometheus_client::registry::Registry,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("publish_in_flight_max", &self.publish_in_flight_max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The collectors behind `/metrics`.
+fn metrics_registry(
+    broker: &Arc<Broker>,
+    pipelines: &Arc<gearbox_connect::metrics::Registry>,
+) -> prometheus_client::registry::Registry {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register_collector(Box::new(gearbox_connect::metrics::Collector(
+        pipelines.clone(),
+    )));
+    r.register_collector(Box::new(metrics::BrokerCollector(broker.clone())));
+    r
 }
 
 impl AppState {
@@ -64,11 +88,13 @@ impl AppState {
         shutdown: watch::Receiver<bool>,
         publish_in_flight_max: usize,
     ) -> Arc<AppState> {
+        let pipelines = Arc::default();
         Arc::new(AppState {
+            metrics: metrics_registry(&broker, &pipelines),
             broker,
             shutdown,
             publish_in_flight_max: publish_in_flight_max.max(1),
-            pipelines: Arc::default(),
+            pipelines,
             hooks: HashMap::new(),
         })
     }
@@ -84,6 +110,7 @@ impl AppState {
         hooks: Vec<gearbox_connectors::webhook::WebhookEndpoint>,
     ) -> Arc<AppState> {
         Arc::new(AppState {
+            metrics: metrics_registry(&broker, &pipelines),
             broker,
             shutdown,
             publish_in_flight_max: publish_in_flight_max.max(1),
@@ -152,6 +179,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/pipelines/{name}/pause", post(pipelines::pause))
         .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
         .route("/metrics", get(pipelines::metrics))
+        .route("/v1/events/{id}/trace", get(lineage::trace))
+        .route("/v1/traces", get(lineage::traces))
         .route("/hooks/{*path}", post(pipelines::hook))
         .route(
             "/v1/topics/{topic}/schema-policy",
@@ -470,7 +499,8 @@ async fn publish(
     // Parsing runs on the blocking thread too: a large batch keeps an async worker busy for
     // milliseconds otherwise, and the events are then allocated and freed by one thread.
     tokio::task::spawn_blocking(move || {
-        let (events, data) = parse_events(&headers, &bytes)?;
+        let (mut events, data) = parse_events(&headers, &bytes)?;
+        propagate_traceparent(&headers, &mut events);
         let parsed: Vec<Option<&Value>> = data.iter().map(Option::as_ref).collect();
         let results = broker.publish_owned(&topic, events, &parsed)?;
         let results: Vec<PublishedJson<'_>> = results
@@ -486,6 +516,43 @@ async fn publish(
     })
     .await
     .map_err(|e| ApiError::new("internal", format!("worker failed: {e}")))?
+}
+
+/// W3C Trace Context through the HTTP binding: a request's `traceparent` header becomes the
+/// `traceparent` extension (the CloudEvents distributed-tracing extension) of each event that
+/// does not carry one, so the trace id travels with the event to lineage and to sinks.
+fn propagate_traceparent(headers: &HeaderMap, events: &mut [CloudEvent]) {
+    let Some(tp) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_traceparent(v))
+    else {
+        return;
+    };
+    for e in events {
+        e.extensions
+            .entry("traceparent".into())
+            .or_insert_with(|| tp.to_string());
+    }
+}
+
+/// `version-traceid-parentid-flags`: `00-` 32 hex, `-` 16 hex, `-` 2 hex, lower case, and an
+/// all-zero trace or parent id is invalid (W3C Trace Context §3.2).
+fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
 }
 
 /// The reply to a publish, serialized straight from the results rather than through a `Value`

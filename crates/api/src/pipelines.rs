@@ -30,6 +30,9 @@ fn snapshot_json(s: &Snapshot) -> Value {
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         "breaker": s.breaker,
         "failure": s.failure,
+        "freshness_ms": s.freshness_ms,
+        "error_rate": s.error_rate_permille.map(|p| p as f64 / 1000.0),
+        "lag": s.lag,
     })
 }
 
@@ -83,10 +86,23 @@ pub(crate) async fn resume(
     ok(StatusCode::OK, snapshot_json(&m.snapshot(now_ms())))
 }
 
-pub(crate) async fn metrics(crate::State(s): Shared) -> impl IntoResponse {
-    let mut out = String::new();
-    s.pipelines.render(now_ms(), &mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+/// `GET /metrics`: encoded on a blocking thread (it reads subscription state).
+pub(crate) async fn metrics(crate::State(s): Shared) -> ApiResult {
+    let out = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &s.metrics).map(|()| out)
+    })
+    .await
+    .map_err(|e| ApiError::new("internal", format!("worker failed: {e}")))?
+    .map_err(|e| ApiError::new("internal", format!("encoding metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 /// `POST /hooks/...`: one webhook delivery.

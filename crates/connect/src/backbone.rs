@@ -80,6 +80,22 @@ impl From<BrokerError> for BackboneError {
 
 /// What pipelines need from the log.
 pub trait Backbone: Send + Sync + 'static {
+    /// Where pipelines record the hops they see (ingested, written); `None` where the backbone
+    /// keeps no lineage.
+    fn lineage(&self) -> Option<Arc<gearbox_core::lineage::Lineage>> {
+        None
+    }
+
+    /// Events of `topic` the subscription `name` has not finished, if the backbone can tell
+    /// (health uses it: a sink with nothing to do is fresh).
+    fn subscription_lag(
+        &self,
+        _topic: &str,
+        _name: &str,
+    ) -> impl Future<Output = Option<u64>> + Send {
+        std::future::ready(None)
+    }
+
     /// Appends events durably, deduplicated on `source` and `id`; one result per event.
     fn publish(
         &self,
@@ -264,6 +280,18 @@ impl Embedded {
 }
 
 impl Backbone for Embedded {
+    fn lineage(&self) -> Option<Arc<gearbox_core::lineage::Lineage>> {
+        Some(self.broker.lineage().clone())
+    }
+
+    async fn subscription_lag(&self, topic: &str, name: &str) -> Option<u64> {
+        let (topic, name) = (topic.to_string(), name.to_string());
+        self.blocking(move |b| b.subscription(&topic, &name))
+            .await
+            .ok()
+            .map(|s| s.lag)
+    }
+
     async fn publish(
         &self,
         topic: &str,

@@ -30,6 +30,7 @@ use crate::topic::Template;
 use crate::transform::{Chain, Program};
 use gearbox_core::broker::StoredEvent;
 use gearbox_core::event::CloudEvent;
+use gearbox_core::lineage::{Hop, HopKind};
 use gearbox_core::subscription::{Mode, Settings, Start};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -38,6 +39,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// How often a sink pipeline reads its subscription's lag (for health).
+const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Most records in one batch (source read or sink write).
 pub const BATCH_RECORDS_MAX: usize = 1000;
 /// Default records per batch.
@@ -593,6 +596,7 @@ impl<B: Backbone> SourceTask<B> {
                     }
                 }
                 self.count(&outcomes);
+                self.record_ingested(&outcomes);
                 if let Err(e) = source.ack(token, outcomes).await {
                     // The batch is durable and the cursor stored; the gear may deliver it again,
                     // and deduplication absorbs that.
@@ -606,6 +610,35 @@ impl<B: Backbone> SourceTask<B> {
                 Err(halt)
             }
         }
+    }
+
+    /// Lineage: which pipeline brought each appended event in.
+    fn record_ingested(&self, outcomes: &[RecordOutcome]) {
+        let Some(lineage) = self.backbone.lineage().filter(|l| l.enabled()) else {
+            return;
+        };
+        let now = now_ms();
+        let hops = outcomes
+            .iter()
+            .flat_map(|o| &o.landings)
+            .filter_map(|l| match l {
+                Landing::Appended {
+                    topic,
+                    id,
+                    partition,
+                    offset,
+                    duplicate,
+                } => {
+                    let mut h =
+                        Hop::event(HopKind::Ingested, now, id).position(topic, *partition, *offset);
+                    h.pipeline = Some(self.pipeline.common.name.clone());
+                    h.result = Some(if *duplicate { "duplicate" } else { "ok" }.into());
+                    Some(h)
+                }
+                Landing::DeadLettered { .. } => None,
+            })
+            .collect();
+        lineage.record(hops);
     }
 
     fn count(&self, outcomes: &[RecordOutcome]) {
@@ -817,6 +850,7 @@ impl<B: Backbone> SinkTask<B> {
         }
         let mut breaker = Breaker::new(self.pipeline.common.breaker);
         let mut failures_in_a_row: u32 = 0;
+        let mut lag_checked: Option<std::time::Instant> = None;
         loop {
             if *self.stop.borrow() {
                 return Exit::Stopped;
@@ -847,6 +881,12 @@ impl<B: Backbone> SinkTask<B> {
                 p = self.backbone.poll(&from, &name, max, SINK_POLL_WAIT_MS) => p,
                 _ = self.stop.changed() => return Exit::Stopped,
             };
+            if lag_checked.is_none_or(|t| t.elapsed() >= LAG_CHECK_INTERVAL) {
+                lag_checked = Some(std::time::Instant::now());
+                if let Some(lag) = self.backbone.subscription_lag(&from, &name).await {
+                    self.metrics.set_lag(lag);
+                }
+            }
             let deliveries = match polled {
                 Ok(d) => d,
                 Err(BackboneError::Unavailable(e)) => {
@@ -920,11 +960,15 @@ impl<B: Backbone> SinkTask<B> {
         {
             limiter.acquire().await;
         }
+        let started = std::time::Instant::now();
         let results = if records.is_empty() {
             Vec::new()
         } else {
             sink.write(&records).await
         };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let lineage = self.backbone.lineage().filter(|l| l.enabled());
+        let mut hops = Vec::new();
         let mut retries: Vec<((u32, u64), Option<u64>, String)> = Vec::new();
         let mut failed = 0;
         for (partition, offset, span) in spans {
@@ -944,6 +988,30 @@ impl<B: Backbone> SinkTask<B> {
                 }
             }
             let at = (partition, offset);
+            if lineage.is_some()
+                && let Some(d) = deliveries
+                    .iter()
+                    .find(|d| (d.stored.partition, d.stored.offset) == at)
+            {
+                let (kind, result, detail) = match &outcome {
+                    Ok(()) => (HopKind::Written, "ok", None),
+                    Err(SinkError::Permanent { message }) => {
+                        (HopKind::WriteFailed, "permanent", Some(message.clone()))
+                    }
+                    Err(SinkError::Transient { message, .. }) => {
+                        (HopKind::WriteFailed, "transient", Some(message.clone()))
+                    }
+                };
+                let mut h = Hop::event(kind, now_ms(), &d.stored.event.id)
+                    .attributes(&d.stored.event)
+                    .position(&from, partition, offset);
+                h.pipeline = Some(name.clone());
+                h.attempt = Some(d.attempt);
+                h.latency_ms = Some(latency_ms);
+                h.result = Some(result.into());
+                h.detail = detail;
+                hops.push(h);
+            }
             match outcome {
                 Ok(()) => {
                     breaker.success(now_ms());
@@ -966,6 +1034,9 @@ impl<B: Backbone> SinkTask<B> {
                     retries.push((at, retry_after_ms, message));
                 }
             }
+        }
+        if let Some(lineage) = &lineage {
+            lineage.record(hops);
         }
         self.metrics.breaker(breaker.state());
         let sent = acks.len();
@@ -1196,6 +1267,7 @@ impl<B: Backbone> TxSinkTask<B> {
             if read.events.is_empty() && read.skipped.is_empty() {
                 // Nothing after the positions: caught up.
                 self.lag.store(0, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.set_lag(0);
                 continue;
             }
             self.metrics.received(read.events.len());
@@ -1244,8 +1316,9 @@ impl<B: Backbone> TxSinkTask<B> {
                     _ = self.stop.changed() => return Err(TxHalt::Stopped),
                 }
             }
+            let started = std::time::Instant::now();
             match self.apply(sink, &mut breaker, &records, &at).await? {
-                Ok(()) => {}
+                Ok(()) => self.record_written(&records, &read.events, started),
                 Err(message) => {
                     // Permanent: find the record(s) that cause it, one event at a time, each
                     // committed with its own position so none is applied twice.
@@ -1261,6 +1334,7 @@ impl<B: Backbone> TxSinkTask<B> {
                             .map_or(records.len(), |k| i + k);
                         done.insert(p, o + 1);
                         let at: Vec<(u32, u64)> = done.iter().map(|(&p, &o)| (p, o)).collect();
+                        let started = std::time::Instant::now();
                         if let Err(error) =
                             self.apply(sink, &mut breaker, &records[i..j], &at).await?
                         {
@@ -1275,6 +1349,7 @@ impl<B: Backbone> TxSinkTask<B> {
                                 .await?;
                         } else {
                             self.metrics.sent(j - i, now_ms());
+                            self.record_written(&records[i..j], &read.events, started);
                         }
                         i = j;
                     }
@@ -1292,6 +1367,48 @@ impl<B: Backbone> TxSinkTask<B> {
         }
     }
 
+    /// Lineage: the events behind `records` were applied (in one transaction that began at
+    /// `started`).
+    fn record_written(
+        &self,
+        records: &[SinkRecord],
+        events: &[StoredEvent],
+        started: std::time::Instant,
+    ) {
+        let Some(lineage) = self.backbone.lineage().filter(|l| l.enabled()) else {
+            return;
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let now = now_ms();
+        let mut hops: Vec<Hop> = Vec::new();
+        // Records come from the events in order: one forward walk finds each record's event.
+        let mut next = 0;
+        let mut last = None;
+        for r in records {
+            let at = (r.partition, r.offset);
+            if last == Some(at) {
+                continue;
+            }
+            last = Some(at);
+            let Some(k) = events[next..]
+                .iter()
+                .position(|e| (e.partition, e.offset) == at)
+            else {
+                continue;
+            };
+            let e = &events[next + k];
+            next += k + 1;
+            let mut h = Hop::event(HopKind::Written, now, &e.event.id)
+                .attributes(&e.event)
+                .position(&self.pipeline.from, e.partition, e.offset);
+            h.pipeline = Some(self.pipeline.common.name.clone());
+            h.latency_ms = Some(latency_ms);
+            h.result = Some("ok".into());
+            hops.push(h);
+        }
+        lineage.record(hops);
+    }
+
     /// Sets the `lag_events` gauge from the topic's end and `positions` (best effort: a failed
     /// lookup leaves the last value).
     async fn measure_lag(&self, positions: &BTreeMap<u32, u64>) {
@@ -1305,6 +1422,7 @@ impl<B: Backbone> TxSinkTask<B> {
                 .map(|(p, end)| end.saturating_sub(positions.get(p).copied().unwrap_or(0)))
                 .sum();
             self.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.set_lag(lag);
         }
     }
 

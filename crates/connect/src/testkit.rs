@@ -303,10 +303,8 @@ fn exactly_once(step: &str, seen: &[String], expected: &[String]) {
     }
 }
 
-fn metrics_text(registry: &Registry) -> String {
-    let mut out = String::new();
-    registry.render(chrono::Utc::now().timestamp_millis(), &mut out);
-    out
+fn metrics_text(registry: &Arc<Registry>) -> String {
+    crate::metrics::text(registry)
 }
 
 fn metric(text: &str, name: &str, pipeline: &str) -> u64 {

@@ -15,10 +15,12 @@
 use crate::appenders::{Appenders, Pending};
 use crate::dedup::{self, DedupWindow, Position, Reservation};
 use crate::event::CloudEvent;
+use crate::lineage::{Hop, HopKind, Lineage, LineageConfig};
 use crate::partitioner::partition_for;
 use crate::registry::{Registry, Target, Verdict};
 use crate::store::{self, Store, StoreError, Write};
-use crate::subscription::{CommitError, DeadLetter, Mode, Settings, Start, Subscription};
+use crate::subscription::{CommitError, DeadLetter, Mode, Settings, Settled, Start, Subscription};
+use crate::telemetry::{EventAges, age_seconds};
 use gearbox_log::batch::{BatchBuilder, RecordInput};
 use gearbox_log::io::{Clock, OsStorage, SystemClock};
 use gearbox_log::{
@@ -69,6 +71,8 @@ pub struct BrokerConfig {
     pub segment_bytes_max: u64,
     /// Run the log's background flusher and retention thread.
     pub background: bool,
+    /// Lineage recording ([`crate::lineage`]).
+    pub lineage: LineageConfig,
 }
 
 impl BrokerConfig {
@@ -81,6 +85,7 @@ impl BrokerConfig {
             sync: SyncMode::Always,
             segment_bytes_max: gearbox_log::config::SEGMENT_BYTES_MAX_DEFAULT,
             background: true,
+            lineage: LineageConfig::default(),
         }
     }
 }
@@ -348,6 +353,10 @@ pub struct Broker {
     rng: Mutex<u64>,
     /// Threads for the extra partition appends of a publish ([`crate::appenders`]).
     appenders: Appenders,
+    /// Every event's hops ([`crate::lineage`]).
+    lineage: Arc<Lineage>,
+    /// Event ages at delivery ([`crate::telemetry`]).
+    ages: EventAges,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -390,6 +399,10 @@ impl Broker {
         let registry =
             Registry::open(store.clone()).map_err(|e| BrokerError::Internal(e.to_string()))?;
         let seed = clock.now_ms() as u64 | 1;
+        let lineage = Arc::new(
+            Lineage::open(&data_dir.join("lineage"), config.lineage)
+                .map_err(BrokerError::Internal)?,
+        );
         let broker = Broker {
             log,
             store,
@@ -403,6 +416,8 @@ impl Broker {
             rng: Mutex::new(seed),
             appenders: Appenders::start()
                 .map_err(|e| BrokerError::Internal(format!("starting append threads: {e}")))?,
+            lineage,
+            ages: EventAges::default(),
         };
         for topic in broker.log.topics() {
             let entry = broker.entry_for(topic)?;
@@ -770,6 +785,26 @@ impl Broker {
             .map(|e| partition_for(e.partition_key().unwrap_or(&e.id).as_bytes(), partitions))
             .collect();
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let mut hops: Vec<Hop> = if self.lineage.enabled() {
+            let kind = if topic.ends_with(DLQ_SUFFIX) {
+                HopKind::DeadLettered
+            } else {
+                HopKind::Appended
+            };
+            events
+                .iter()
+                .map(|e| {
+                    let mut hop = Hop::event(kind, now, &e.id).attributes(e);
+                    if kind == HopKind::DeadLettered {
+                        hop.pipeline = e.extensions.get("dlqpipeline").cloned();
+                        hop.detail = e.extensions.get("dlqerror").cloned();
+                    }
+                    hop
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let records: Vec<RecordInput> = match events {
             Cow::Borrowed(events) => events.iter().map(|e| e.to_record(now)).collect(),
             Cow::Owned(events) => events.into_iter().map(|e| e.into_record(now)).collect(),
@@ -825,6 +860,22 @@ impl Broker {
         }
         entry.dedup.store(&stored, now);
         entry.dedup.release(&released);
+        if !hops.is_empty() {
+            // Before waking pollers, so an event's placement is recorded before its deliveries.
+            for (i, hop) in hops.iter_mut().enumerate() {
+                let Some((pos, dup)) = positions[first[&keys[i]]] else {
+                    continue;
+                };
+                if dup || first[&keys[i]] != i {
+                    hop.kind = HopKind::Duplicate;
+                }
+                hop.topic = Some(topic.to_string());
+                hop.partition = Some(pos.partition);
+                hop.offset = Some(pos.offset);
+            }
+            hops.retain(|h| h.offset.is_some());
+            self.lineage.record(hops);
+        }
         if !stored.is_empty() {
             entry.notify.notify_waiters();
         }
@@ -1089,7 +1140,11 @@ impl Broker {
         names.iter().map(|n| self.subscription(topic, n)).collect()
     }
 
-    fn dlq_depth(&self, topic: &str) -> Result<u64, BrokerError> {
+    /// Events in `topic`'s DLQ not yet redriven.
+    ///
+    /// # Errors
+    /// The state store could not be read.
+    pub fn dlq_depth(&self, topic: &str) -> Result<u64, BrokerError> {
         let Some(dlq) = self.entry(&dlq_name(topic)) else {
             return Ok(0);
         };
@@ -1165,6 +1220,26 @@ impl Broker {
         if let Err(e) = self.dead_letter(&entry, name, &mut s, &plan.dead, &cache) {
             tracing::warn!(topic, subscription = name, error = %e, "dead-lettering failed; will retry");
         }
+        if self.lineage.enabled() {
+            let hops = plan
+                .takes
+                .iter()
+                .map(|t| {
+                    let mut h =
+                        Hop::at_position(HopKind::Delivered, now, topic, t.partition, t.offset);
+                    h.subscription = Some(name.to_string());
+                    h.attempt = Some(t.attempt);
+                    h
+                })
+                .collect();
+            self.lineage.record(hops);
+        }
+        let ages: Vec<f64> = plan
+            .takes
+            .iter()
+            .filter_map(|t| age_seconds(cache.get(&(t.partition, t.offset))?.time.as_deref(), now))
+            .collect();
+        self.ages.observe(topic, name, &ages);
         let deliveries = plan
             .takes
             .iter()
@@ -1254,10 +1329,20 @@ impl Broker {
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default();
         let mut groups: BTreeMap<u32, Vec<RecordInput>> = BTreeMap::new();
+        let mut hops = Vec::new();
         for d in dead {
             let Some(original) = cache.get(&(d.partition, d.offset)) else {
                 continue;
             };
+            if self.lineage.enabled() {
+                let mut h = Hop::event(HopKind::DeadLettered, now, &original.id)
+                    .attributes(original)
+                    .position(topic, d.partition, d.offset);
+                h.subscription = Some(sub_name.to_string());
+                h.attempt = Some(d.attempts);
+                h.detail = Some(d.error.clone());
+                hops.push(h);
+            }
             let mut e = original.clone();
             for (k, v) in [
                 ("dlqtopic", topic.to_string()),
@@ -1278,6 +1363,7 @@ impl Broker {
         for (p, records) in groups {
             self.append_records(&dlq_entry, p, records)?;
         }
+        self.lineage.record(hops);
         dlq_entry.notify.notify_waiters();
         Ok(())
     }
@@ -1413,6 +1499,7 @@ impl Broker {
         Self::not_deleted(&s, topic, name)?;
         let settled = s.ack(items);
         self.store.apply(&settled.writes)?;
+        self.record_settled(HopKind::Acked, topic, name, &settled, None);
         // An ack can free a full window: wake long polls waiting for it.
         entry.notify.notify_waiters();
         Ok((settled.count, settled.not_in_flight))
@@ -1443,6 +1530,7 @@ impl Broker {
             error,
             &mut random,
         );
+        self.record_settled(HopKind::Nacked, topic, name, &settled, error);
         let positions = settled.dead.iter().map(|d| (d.partition, d.offset));
         let read = self
             .store
@@ -1460,6 +1548,45 @@ impl Broker {
         // A nack (say, `retry_in_ms: 0`) can make an event deliverable now.
         entry.notify.notify_waiters();
         Ok((settled.count, settled.not_in_flight))
+    }
+
+    /// Records an ack's or a nack's hops.
+    fn record_settled(
+        &self,
+        kind: HopKind,
+        topic: &str,
+        name: &str,
+        settled: &Settled,
+        error: Option<&str>,
+    ) {
+        if !self.lineage.enabled() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let hops = settled
+            .items
+            .iter()
+            .map(|t| {
+                let mut h = Hop::at_position(kind, now, topic, t.partition, t.offset);
+                h.subscription = Some(name.to_string());
+                h.attempt = Some(t.attempt);
+                h.detail = error.map(str::to_string);
+                h
+            })
+            .collect();
+        self.lineage.record(hops);
+    }
+
+    /// Event ages at delivery, for `/metrics`.
+    #[must_use]
+    pub fn event_ages(&self) -> &EventAges {
+        &self.ages
+    }
+
+    /// The lineage recorder (lookups: [`Lineage::trace`], [`Lineage::correlation`]).
+    #[must_use]
+    pub fn lineage(&self) -> &Arc<Lineage> {
+        &self.lineage
     }
 
     fn not_deleted(s: &Subscription, topic: &str, name: &str) -> Result<(), BrokerError> {
@@ -1573,9 +1700,13 @@ impl Broker {
                 // cursor write can: redrive is at-least-once.)
                 let now = self.clock.now_ms();
                 let mut run: Option<(u32, BatchBuilder)> = None;
+                let mut hops: Vec<Hop> = Vec::new();
                 for (i, stored) in events.iter().enumerate() {
                     let mut e = stored.event.clone();
                     e.extensions.retain(|k, _| !k.starts_with("dlq"));
+                    if self.lineage.enabled() {
+                        hops.push(Hop::event(HopKind::Redriven, now, &e.id).attributes(&e));
+                    }
                     let target =
                         partition_for(e.partition_key().unwrap_or(&e.id).as_bytes(), partitions);
                     let (_, batch) = run.get_or_insert_with(|| (target, BatchBuilder::new()));
@@ -1589,7 +1720,15 @@ impl Broker {
                         let bytes = batch
                             .build()
                             .map_err(|e| BrokerError::Internal(e.to_string()))?;
-                        self.partition(&entry, target)?.append(&bytes)?;
+                        let base = self.partition(&entry, target)?.append(&bytes)?.base_offset;
+                        // This run's hops (the last `batch.len()` of `hops`) get their new places.
+                        let from = hops.len().saturating_sub(batch.len());
+                        let placed: Vec<Hop> = hops
+                            .drain(from..)
+                            .enumerate()
+                            .map(|(k, h)| h.position(topic, target, base + k as u64))
+                            .collect();
+                        self.lineage.record(placed);
                         self.store.apply(&[Write::SetPosition {
                             key: store::partition_key(&dlq_name(topic), REDRIVE_POSITION, p as u32),
                             offset: stored.offset + 1,
@@ -1610,6 +1749,7 @@ impl Broker {
     /// # Errors
     /// The first partition that failed its final sync (the others are still closed).
     pub fn close(&self) -> Result<(), BrokerError> {
+        self.lineage.close();
         let mut first = None;
         for t in self.log.topics() {
             for p in t.partitions() {

@@ -335,6 +335,8 @@ pub struct Settled {
     pub count: usize,
     /// Items that were not in flight (never delivered, already finished, or unknown).
     pub not_in_flight: Vec<(u32, u64)>,
+    /// Items that changed state, with the attempt they settle (for lineage).
+    pub items: Vec<Take>,
     /// Events that must now be dead-lettered (nack with reject, or out of attempts).
     pub dead: Vec<DeadLetter>,
     /// Writes to apply.
@@ -716,6 +718,11 @@ impl Subscription {
                 Some(slot) => {
                     slot.state = SlotState::Acked;
                     let slot = slot.clone();
+                    out.items.push(Take {
+                        partition: p,
+                        offset: o,
+                        attempt: slot.attempts,
+                    });
                     out.writes.push(self.slot_write(p, o, &slot));
                     out.count += 1;
                     touched.push(p);
@@ -753,6 +760,11 @@ impl Subscription {
                     .unwrap_or(if reject { "rejected" } else { "nacked" })
                     .to_string(),
             );
+            out.items.push(Take {
+                partition: p,
+                offset: o,
+                attempt: slot.attempts,
+            });
             if reject || slot.attempts >= max_attempts {
                 // Finished once the DLQ append succeeds (finish_dead).
                 slot.state = SlotState::Available {

@@ -79,6 +79,27 @@ pub struct ProduceArgs {
     /// Events per request.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
+    /// `causationid` for wrapped payloads: the id of the event being handled when these were
+    /// produced (lineage links them).
+    #[arg(long)]
+    pub causation_id: Option<String>,
+    /// `correlationid` for wrapped payloads: the id shared by a whole cascade (defaults to the
+    /// causation id when that is given).
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+}
+
+/// `gearbox trace`
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// The event id (or, with `--correlation`, the correlation id).
+    pub id: String,
+    /// Find every event of the cascade whose `correlationid` is ID.
+    #[arg(long)]
+    pub correlation: bool,
+    /// Print the server's JSON instead of one line per hop.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `gearbox consume`
@@ -331,6 +352,12 @@ pub fn line_to_event(line: &str, args: &ProduceArgs) -> anyhow::Result<Value> {
     if let Some(k) = &args.key {
         e["partitionkey"] = json!(k);
     }
+    if let Some(c) = &args.causation_id {
+        e["causationid"] = json!(c);
+    }
+    if let Some(c) = args.correlation_id.as_ref().or(args.causation_id.as_ref()) {
+        e["correlationid"] = json!(c);
+    }
     Ok(e)
 }
 
@@ -550,6 +577,86 @@ pub fn dlq(server: &str, command: &DlqCommand) -> anyhow::Result<()> {
     }
 }
 
+/// One hop as a line: time, what, where, and the details that are set.
+fn hop_line(h: &Value) -> String {
+    let s = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+    let mut line = format!("{}  {:<13}", s("at"), s("hop"));
+    if let (Some(t), Some(p), Some(o)) = (
+        h["topic"].as_str(),
+        h["partition"].as_u64(),
+        h["offset"].as_u64(),
+    ) {
+        line.push_str(&format!("  {t}/{p}@{o}"));
+    }
+    for key in [
+        "pipeline",
+        "subscription",
+        "attempt",
+        "result",
+        "latency_ms",
+        "source",
+        "detail",
+    ] {
+        match &h[key] {
+            Value::Null => {}
+            Value::String(v) => line.push_str(&format!("  {key}={v}")),
+            v => line.push_str(&format!("  {key}={v}")),
+        }
+    }
+    line
+}
+
+/// Runs `gearbox trace`.
+///
+/// # Errors
+/// An error reply (say, `event_not_found`) or transport failure.
+pub fn trace(server: &str, args: &TraceArgs) -> anyhow::Result<()> {
+    let c = Client::new(server);
+    let encoded = percent(&args.id);
+    let reply = if args.correlation {
+        c.get(&format!("/v1/traces?correlation_id={encoded}"))?
+    } else {
+        c.get(&format!("/v1/events/{encoded}/trace"))?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    if args.correlation {
+        for e in reply["events"].as_array().into_iter().flatten() {
+            let cause = e["causation_id"]
+                .as_str()
+                .map(|c| format!("  (caused by {c})"))
+                .unwrap_or_default();
+            println!("event {}{cause}", e["id"].as_str().unwrap_or_default());
+            for h in e["hops"].as_array().into_iter().flatten() {
+                println!("  {}", hop_line(h));
+            }
+        }
+    } else {
+        for h in reply["hops"].as_array().into_iter().flatten() {
+            println!("{}", hop_line(h));
+        }
+    }
+    if reply["truncated"] == json!(true) {
+        eprintln!("(truncated: more hops or events matched than a trace returns)");
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but unreserved characters (an id may hold `/`, `#`, ...).
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,6 +669,8 @@ mod tests {
             source: "/sensors".into(),
             key: key.map(str::to_string),
             batch: 10,
+            causation_id: None,
+            correlation_id: None,
         }
     }
 

@@ -51,6 +51,9 @@ enum Command {
     /// Inspect and redrive dead-lettered events.
     #[command(subcommand)]
     Dlq(client::DlqCommand),
+    /// Show an event's path: every hop from ingest to delivery, retries, DLQ and redrive
+    /// (`--correlation`: every event of a cascade).
+    Trace(client::TraceArgs),
     /// Register, list, show and check schemas in the registry (`/registry`).
     #[command(subcommand)]
     Schemas(schemas::SchemasCommand),
@@ -90,6 +93,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Consume(args) => client::consume(&cli.server.server, args),
         Command::Replay(args) => client::replay(&cli.server.server, args),
         Command::Dlq(command) => client::dlq(&cli.server.server, command),
+        Command::Trace(args) => client::trace(&cli.server.server, args),
         Command::Schemas(command) => schemas::run(&cli.server.server, command),
         Command::Validate(args) => pipelines::validate(args),
         Command::Test(args) => pipelines::test(args),
