@@ -4,8 +4,8 @@
 //!
 //! Views: the overview (a card per pipeline, sorted with the ones that need attention first,
 //! and a card per topic), the topic browser (the newest events of each partition, as pretty
-//! JSON), the DLQ browser with a redrive button, and the lineage search (rendered by the static
-//! script from the JSON trace endpoints). Each live view is a page around a fragment; the script
+//! JSON), the DLQ browser with a redrive button, and the lineage search (the broker's lineage
+//! lookups, the ones behind `GET /v1/events/{id}/trace` and `GET /v1/traces`). Each live view is a page around a fragment; the script
 //! fetches the fragment (`/ui/fragments/...`) every [`REFRESH_MS`] and swaps it in.
 //!
 //! Security: every response of this router carries [`CSP`], `X-Content-Type-Options: nosniff`
@@ -34,6 +34,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use gearbox_connect::metrics::{Health, Kind, Snapshot};
 use gearbox_core::broker::{Broker, BrokerError, StoredEvent, SubscriptionInfo, TopicInfo};
+use gearbox_core::lineage::{Hop, TRACE_EVENTS_MAX, TRACE_HOPS_MAX};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -288,6 +289,7 @@ struct PipelineCard {
     last_success: String,
     last_success_at: String,
     rate: String,
+    error_rate: String,
     lag: String,
     dlq_label: &'static str,
     dlq: String,
@@ -429,6 +431,11 @@ fn pipeline_card(
             None,
         ),
     };
+    // The runtime's own lag (a sink's events waiting) when it has one, else the subscription's.
+    let lag = s.lag.map_or(lag, |l| l.to_string());
+    let error_rate = s
+        .error_rate_permille
+        .map_or_else(|| "—".to_string(), |p| format!("{:.1}%", p as f64 / 10.0));
     PipelineCard {
         name: s.pipeline.clone(),
         kind: s.kind.as_str(),
@@ -442,6 +449,7 @@ fn pipeline_card(
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default(),
         rate: rate_text(rate),
+        error_rate,
         lag,
         dlq_label,
         dlq,
@@ -779,15 +787,130 @@ async fn redrive(
 // Lineage
 // ---------------------------------------------------------------------------------------------
 
+struct HopRow {
+    kind: &'static str,
+    at: String,
+    place: String,
+    by: String,
+    attempt: String,
+    result: String,
+    latency_ms: String,
+    detail: String,
+}
+
+struct TracedEvent {
+    id: String,
+    causation: Option<String>,
+    causation_href: String,
+    hops: Vec<HopRow>,
+}
+
 #[derive(Template)]
 #[template(path = "lineage.html")]
 struct LineageView {
     q: String,
     by: &'static str,
+    /// `empty` (no query yet), `done` or `not-found`; the browser test reads it.
+    state: &'static str,
+    message: Option<String>,
+    events: Vec<TracedEvent>,
 }
 
-async fn lineage_page(Query(q): Query<HashMap<String, String>>) -> Response {
-    let query = q
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn hop_row(h: &Hop) -> HopRow {
+    let place = match (&h.topic, h.partition, h.offset) {
+        (Some(t), Some(p), Some(o)) => format!("{t} / {p} / {o}"),
+        (Some(t), _, _) => t.clone(),
+        _ => String::new(),
+    };
+    HopRow {
+        kind: h.kind.as_str(),
+        at: chrono::DateTime::from_timestamp_millis(h.at_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_default(),
+        place,
+        by: opt(h
+            .pipeline
+            .as_ref()
+            .or(h.subscription.as_ref())
+            .or(h.source.as_ref())),
+        attempt: opt(h.attempt),
+        result: opt(h.result.as_ref()),
+        latency_ms: opt(h.latency_ms),
+        detail: opt(h.detail.as_ref()),
+    }
+}
+
+fn traced(id: String, causation: Option<String>, hops: &[Hop]) -> TracedEvent {
+    TracedEvent {
+        causation_href: causation.as_deref().map_or_else(String::new, |c| {
+            format!("/ui/lineage?by=event&q={}", query_escape(c))
+        }),
+        id,
+        causation,
+        hops: hops.iter().map(hop_row).collect(),
+    }
+}
+
+/// Looks `q` up in the broker's lineage log (the same lookups as `GET /v1/events/{id}/trace`
+/// and `GET /v1/traces`), on a blocking thread: a lookup scans the retained hops.
+async fn lookup(state: &AppState, q: String, by: &'static str) -> LineageView {
+    let lineage = state.broker.lineage().clone();
+    let key = q.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        if by == "correlation" {
+            lineage.correlation(&key).map(|c| (c.events, c.truncated))
+        } else {
+            lineage
+                .trace(&key)
+                .map(|(hops, truncated)| (vec![(key, None, hops)], truncated))
+        }
+    })
+    .await;
+    let (state, message, events) = match found {
+        Ok(Ok((events, truncated))) => {
+            let events: Vec<TracedEvent> = events
+                .into_iter()
+                .filter(|(_, _, hops)| !hops.is_empty())
+                .map(|(id, cause, hops)| traced(id, cause, &hops))
+                .collect();
+            if events.is_empty() {
+                let what = if by == "correlation" {
+                    "no events recorded with correlation id"
+                } else {
+                    "no hops recorded for event id"
+                };
+                ("not-found", Some(format!("{what} {q:?}")), events)
+            } else {
+                let note = truncated.then(|| {
+                    format!(
+                        "More hops or events matched than a lookup returns (at most \
+                         {TRACE_HOPS_MAX} hops, {TRACE_EVENTS_MAX} events)."
+                    )
+                });
+                ("done", note, events)
+            }
+        }
+        Ok(Err(e)) => ("not-found", Some(e.to_string()), Vec::new()),
+        Err(e) => ("not-found", Some(format!("lookup failed: {e}")), Vec::new()),
+    };
+    LineageView {
+        q,
+        by,
+        state,
+        message,
+        events,
+    }
+}
+
+async fn lineage_page(
+    crate::State(s): Shared,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let query: String = q
         .get("q")
         .map(|s| s.trim().chars().take(LINEAGE_QUERY_CHARS_MAX).collect())
         .unwrap_or_default();
@@ -795,12 +918,18 @@ async fn lineage_page(Query(q): Query<HashMap<String, String>>) -> Response {
         Some("correlation") => "correlation",
         _ => "event",
     };
-    page(
-        "Lineage",
-        "lineage",
-        None,
-        render(&LineageView { q: query, by }),
-    )
+    let view = if query.is_empty() {
+        LineageView {
+            q: query,
+            by,
+            state: "empty",
+            message: None,
+            events: Vec::new(),
+        }
+    } else {
+        lookup(&s, query, by).await
+    };
+    page("Lineage", "lineage", None, render(&view))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ const NASTY: &str = "<script>alert(\"x\")</script>\"'&<>";
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    broker: Arc<Broker>,
     app: Router,
 }
 
@@ -26,9 +27,10 @@ fn fixture(pipelines: Vec<ComponentMetrics>) -> Fixture {
         registry.register(Arc::new(p));
     }
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let state = AppState::with_pipelines(broker, rx, 4, registry, Vec::new());
+    let state = AppState::with_pipelines(broker.clone(), rx, 4, registry, Vec::new());
     Fixture {
         _dir: dir,
+        broker,
         app: crate::router(state),
     }
 }
@@ -172,14 +174,51 @@ async fn event_ids_data_and_names_render_escaped() {
     assert!(body.contains(&format!(r#"data-pipeline="{want}""#)));
     let (_, _, body) = get(&f.app, "/ui/lineage?q=%3Cscript%3E%22%27%26").await;
     assert!(
-        body.contains(r#"data-query="&#60;script&#62;&#34;&#39;&#38;""#),
+        body.contains(r#"value="&#60;script&#62;&#34;&#39;&#38;""#),
         "{body}"
     );
+    assert!(body.contains(r#"data-state="not-found""#), "{body}");
+    assert_eq!(body.matches("<script").count(), 1, "{body}");
     // A name from the path that is no topic comes back in the error, escaped.
     let (status, _, body) = get(&f.app, "/ui/topics/%3Cscript%3Ex").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body.matches("<script").count(), 1, "{body}");
     assert!(body.contains("&#60;script&#62;x"), "{body}");
+}
+
+#[tokio::test]
+async fn the_lineage_view_renders_the_trace_and_the_correlation_escaped() {
+    let f = fixture(Vec::new());
+    topic_with_nasty_event(&f.app).await;
+    post_json(
+        &f.app,
+        "/v1/topics/t/events",
+        "application/cloudevents+json",
+        json!({"specversion": "1.0", "id": "child", "source": "/test", "type": "x.z",
+               "causationid": NASTY, "correlationid": NASTY}),
+    )
+    .await;
+    f.broker.lineage().flush_wait();
+    let want = escaped(NASTY);
+    let q = query_escape(NASTY);
+    let (status, _, body) = get(&f.app, &format!("/ui/lineage?by=event&q={q}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(r#"data-state="done""#), "{body}");
+    assert!(body.contains(&format!(r#"<code class="event-id">{want}</code>"#)));
+    assert!(body.contains(r#"<tr class="hop hop-appended">"#), "{body}");
+    assert_eq!(body.matches("<script").count(), 1, "{body}");
+    let (_, _, body) = get(&f.app, &format!("/ui/lineage?by=correlation&q={q}")).await;
+    assert!(body.contains(r#"data-state="done""#), "{body}");
+    assert_eq!(body.matches(r#"class="trace-event""#).count(), 2, "{body}");
+    // The child names its cause, linked to the cause's own trace.
+    assert!(body.contains(&format!(
+        r#"<a href="/ui/lineage?by=event&#38;q={q}"><code>{want}</code></a>"#
+    )));
+    assert_eq!(body.matches("<script").count(), 1, "{body}");
+    let (_, _, body) = get(&f.app, "/ui/lineage?by=event&q=nope").await;
+    assert!(body.contains(r#"data-state="not-found""#), "{body}");
+    let (_, _, body) = get(&f.app, "/ui/lineage").await;
+    assert!(body.contains(r#"data-state="empty""#), "{body}");
 }
 
 #[tokio::test]
