@@ -881,12 +881,6 @@ impl<B: Backbone> SinkTask<B> {
                 p = self.backbone.poll(&from, &name, max, SINK_POLL_WAIT_MS) => p,
                 _ = self.stop.changed() => return Exit::Stopped,
             };
-            if lag_checked.is_none_or(|t| t.elapsed() >= LAG_CHECK_INTERVAL) {
-                lag_checked = Some(std::time::Instant::now());
-                if let Some(lag) = self.backbone.subscription_lag(&from, &name).await {
-                    self.metrics.set_lag(lag);
-                }
-            }
             let deliveries = match polled {
                 Ok(d) => d,
                 Err(BackboneError::Unavailable(e)) => {
@@ -902,6 +896,15 @@ impl<B: Backbone> SinkTask<B> {
                     return Exit::Failed(e.to_string());
                 }
             };
+            // The lag, for health: whenever idle (an empty poll), else at most once a second.
+            if deliveries.is_empty()
+                || lag_checked.is_none_or(|t| t.elapsed() >= LAG_CHECK_INTERVAL)
+            {
+                lag_checked = Some(std::time::Instant::now());
+                if let Some(lag) = self.backbone.subscription_lag(&from, &name).await {
+                    self.metrics.set_lag(lag);
+                }
+            }
             if deliveries.is_empty() {
                 continue;
             }
@@ -1604,6 +1607,7 @@ fn sink_records(
             partition: stored.partition,
             offset: stored.offset,
             time_ms: event_time_ms(&stored.event),
+            traceparent: stored.event.extensions.get("traceparent").cloned(),
         })
         .collect())
 }

@@ -26,6 +26,8 @@ pub struct SinkRecord {
     pub offset: u64,
     /// When it was appended, ms since the epoch, if known (for event age).
     pub time_ms: Option<i64>,
+    /// The event's W3C `traceparent` extension, for sinks that propagate trace context.
+    pub traceparent: Option<String>,
 }
 
 /// A failed write.

@@ -170,6 +170,10 @@ impl HttpDelivery {
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &record.id)
             .header("webhook-timestamp", timestamp.to_string());
+        // W3C Trace Context: the event's trace continues at the receiver.
+        if let Some(tp) = &record.traceparent {
+            request = request.header("traceparent", tp);
+        }
         if let Some(key) = &self.key {
             request = request.header(
                 "webhook-signature",

@@ -121,6 +121,7 @@ fn record(order: &str, amount: Value, time: &str, offset: u64) -> SinkRecord {
         partition: 0,
         offset,
         time_ms: None,
+        traceparent: None,
     }
 }
 
@@ -231,6 +232,7 @@ async fn one_batch_keeps_one_row_per_key_by_the_columns_own_types() {
         partition: 0,
         offset,
         time_ms: None,
+        traceparent: None,
     };
     // `1` and `"1"` are one integer key; "10" is newer than "9" as a bigint, though not as
     // text; the late version 2 comes last in log order and still loses.

@@ -56,6 +56,43 @@ pub const FRESHNESS_MS_MAX: u64 = 30 * 86_400_000;
 /// Default lock of a sink pipeline's subscription.
 pub const SINK_LOCK_MS_DEFAULT: u64 = 60_000;
 
+/// Smallest lineage retention by size (1 MiB).
+pub const LINEAGE_RETENTION_BYTES_MIN: u64 = 1 << 20;
+/// Largest lineage retention by size (64 GiB).
+pub const LINEAGE_RETENTION_BYTES_MAX: u64 = 64 << 30;
+/// Smallest lineage retention by age (one minute).
+pub const LINEAGE_RETENTION_MS_MIN: u64 = 60_000;
+/// Largest lineage retention by age (one year).
+pub const LINEAGE_RETENTION_MS_MAX: u64 = 365 * 86_400_000;
+
+/// The `lineage` section: whether hops are recorded, and how much of them is kept.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LineageDecl {
+    /// Record hops (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Keep at most this many bytes (default 256 MiB).
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
+    /// Keep hops at most this long (default 7 days).
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
+}
+
+impl LineageDecl {
+    /// The broker's lineage settings.
+    #[must_use]
+    pub fn config(&self) -> gearbox_core::lineage::LineageConfig {
+        let d = gearbox_core::lineage::LineageConfig::default();
+        gearbox_core::lineage::LineageConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            retention_bytes: self.retention_bytes.unwrap_or(d.retention_bytes),
+            retention_ms: self.retention_ms.unwrap_or(d.retention_ms),
+        }
+    }
+}
+
 /// One topic.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +239,8 @@ pub struct Config {
     pub topics: Vec<TopicDecl>,
     /// Pipelines to run.
     pub pipelines: Vec<Pipeline>,
+    /// Lineage settings.
+    pub lineage: LineageDecl,
 }
 
 /// One problem, with its path in the file.
@@ -289,12 +328,38 @@ impl Config {
             }
         };
         for key in root.keys() {
-            if key != "topics" && key != "pipelines" {
+            if !["topics", "pipelines", "lineage"].contains(&key.as_str()) {
                 issues.push(Issue {
                     path: key.clone(),
-                    message: "unknown section (expected `topics` or `pipelines`)".into(),
+                    message: "unknown section (expected `topics`, `pipelines` or `lineage`)".into(),
                 });
             }
+        }
+        let lineage = match root.get("lineage") {
+            None | Some(Value::Null) => LineageDecl::default(),
+            Some(v) => typed::<LineageDecl>(v, "lineage")
+                .map_err(|e| issues.push(e))
+                .unwrap_or_default(),
+        };
+        if let Some(b) = lineage.retention_bytes
+            && !(LINEAGE_RETENTION_BYTES_MIN..=LINEAGE_RETENTION_BYTES_MAX).contains(&b)
+        {
+            issues.push(Issue {
+                path: "lineage.retention_bytes".into(),
+                message: format!(
+                    "must be {LINEAGE_RETENTION_BYTES_MIN} to {LINEAGE_RETENTION_BYTES_MAX}"
+                ),
+            });
+        }
+        if let Some(ms) = lineage.retention_ms
+            && !(LINEAGE_RETENTION_MS_MIN..=LINEAGE_RETENTION_MS_MAX).contains(&ms)
+        {
+            issues.push(Issue {
+                path: "lineage.retention_ms".into(),
+                message: format!(
+                    "must be {LINEAGE_RETENTION_MS_MIN} to {LINEAGE_RETENTION_MS_MAX}"
+                ),
+            });
         }
         let topics = list(&root, "topics", &mut issues)
             .iter()
@@ -335,7 +400,11 @@ impl Config {
             }
         }
         if issues.is_empty() {
-            Ok(Config { topics, pipelines })
+            Ok(Config {
+                topics,
+                pipelines,
+                lineage,
+            })
         } else {
             Err(Invalid(issues))
         }
@@ -648,6 +717,37 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(Invalid(list)) => list.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn the_lineage_section_is_checked_and_defaults_apply() {
+        let tree: Value =
+            serde_saphyr::from_str("lineage: { enabled: false, retention_bytes: 2097152 }")
+                .unwrap();
+        let c = Config::check(&tree).unwrap().lineage.config();
+        assert!(!c.enabled);
+        assert_eq!(c.retention_bytes, 2 << 20);
+        assert_eq!(
+            c.retention_ms,
+            gearbox_core::lineage::LINEAGE_RETENTION_MS_DEFAULT
+        );
+        assert_eq!(
+            issues("lineage: { retention_bytes: 5, retention_ms: 1, colour: red }"),
+            [
+                "lineage.colour: unknown field `colour`, expected one of `enabled`, `retention_bytes`, `retention_ms`"
+            ]
+        );
+        assert_eq!(
+            issues("lineage: { retention_bytes: 5, retention_ms: 1 }"),
+            [
+                format!(
+                    "lineage.retention_bytes: must be {LINEAGE_RETENTION_BYTES_MIN} to {LINEAGE_RETENTION_BYTES_MAX}"
+                ),
+                format!(
+                    "lineage.retention_ms: must be {LINEAGE_RETENTION_MS_MIN} to {LINEAGE_RETENTION_MS_MAX}"
+                ),
+            ]
+        );
     }
 
     #[test]

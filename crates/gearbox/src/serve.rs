@@ -56,10 +56,13 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let data_dir = args.data_dir.clone();
-    let broker =
-        tokio::task::spawn_blocking(move || Broker::open(&data_dir, BrokerConfig::durable()))
-            .await?
-            .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    let mut broker_config = BrokerConfig::durable();
+    if let Some(c) = &config {
+        broker_config.lineage = c.lineage.config();
+    }
+    let broker = tokio::task::spawn_blocking(move || Broker::open(&data_dir, broker_config))
+        .await?
+        .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
     let broker = Arc::new(broker);
     for warning in broker.recovery_warnings() {
         tracing::warn!(target: "gearbox::recovery", "{warning}");

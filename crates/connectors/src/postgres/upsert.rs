@@ -595,6 +595,7 @@ mod tests {
             partition: 0,
             offset,
             time_ms: None,
+            traceparent: None,
         }
     }
 
