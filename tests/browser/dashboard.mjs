@@ -21,6 +21,12 @@ const EVENT_WAIT_MS = 30_000;
 const DLQ_WAIT_MS = 120_000;
 const LINEAGE_WAIT_MS = 60_000;
 const POLL_MS = 500;
+// Dead letters waited for before the redrive: with two or more, a drop is unmistakable even if
+// one more order is dead-lettered while the page reloads.
+const DLQ_DEPTH_BEFORE_REDRIVE_MIN = 2;
+// With SCREENSHOT_DIR set, how long to wait for a card that needs attention before the
+// overview screenshot (it is taken either way).
+const SCREENSHOT_ATTENTION_WAIT_MS = 40_000;
 // The demo's pipelines (crates/gearbox/src/demo.rs).
 const DEMO_PIPELINES = 6;
 
@@ -101,6 +107,11 @@ try {
     "the fragment was never refreshed",
   );
   await noViolations();
+  if (SCREENSHOT_DIR) {
+    const attention = async () => Number(await page.locator("#attention-count").textContent()) >= 1;
+    const deadline = Date.now() + SCREENSHOT_ATTENTION_WAIT_MS;
+    while (!(await attention()) && Date.now() < deadline) await page.waitForTimeout(POLL_MS);
+  }
   await shot(page, "overview");
 
   step = "topic browser: an event id";
@@ -121,9 +132,9 @@ try {
   step = "DLQ browser: redrive";
   await page.goto(base + "/ui/dlq/orders");
   const depthNow = async () => Number(await page.locator("#dlq-depth").textContent());
-  const depthBefore = await until("a dead-lettered order", DLQ_WAIT_MS, async () => {
+  const depthBefore = await until(`${DLQ_DEPTH_BEFORE_REDRIVE_MIN} dead-lettered orders`, DLQ_WAIT_MS, async () => {
     const d = await depthNow();
-    return d >= 1 ? d : 0;
+    return d >= DLQ_DEPTH_BEFORE_REDRIVE_MIN ? d : 0;
   });
   await shot(page, "dlq");
   await Promise.all([page.waitForURL(/redriven=/), page.locator("#redrive").click()]);
