@@ -68,12 +68,24 @@ pub const EXPORT_PERIOD_MS: u64 = 20_000;
 pub const EXPORT_POLL_MS: u64 = 5_000;
 /// Records per export batch.
 pub const EXPORT_BATCH_RECORDS: u32 = 8;
+/// Delivery attempts to the partner before an order is dead-lettered.
+pub const PARTNER_ATTEMPTS_MAX: u32 = 3;
+/// The partner delivery's first retry delay; later ones double, up to [`PARTNER_RETRY_MS_MAX`].
+pub const PARTNER_RETRY_MS_INITIAL: u64 = 300;
+/// The partner delivery's longest retry delay.
+pub const PARTNER_RETRY_MS_MAX: u64 = 2_000;
+/// Timeout of one delivery to the partner.
+pub const PARTNER_TIMEOUT_MS: u64 = 2_000;
 /// Export records kept by the export endpoint.
 pub const EXPORT_RECORDS_KEPT_MAX: usize = 2_000;
 /// Orders the fulfilment worker takes per poll.
 pub const WORKER_POLL_EVENTS_MAX: u32 = 50;
 /// How long one poll of the fulfilment worker waits.
 pub const WORKER_POLL_WAIT_MS: u64 = 5_000;
+/// Deliveries of one order to the fulfilment worker before the subscription dead-letters it.
+pub const WORKER_ATTEMPTS_MAX: u32 = 5;
+/// How long the fulfilment worker holds an order before it is redelivered.
+pub const WORKER_LOCK_MS: u64 = 30_000;
 /// Pause of a simulated sender after a failed request.
 pub const SENDER_BACKOFF_MS: u64 = 1_000;
 /// Timeout of every request a simulated sender makes.
@@ -195,10 +207,15 @@ fn demo_config(partner: SocketAddr, export: SocketAddr, secret_path: &Path) -> V
             "sink": {"http": {
                 "url": format!("http://{partner}/deliver"),
                 "secret": secret,
-                "timeout_ms": 2_000,
+                "timeout_ms": PARTNER_TIMEOUT_MS,
             }},
             "transforms": ["{id, type, order: .data}"],
-            "retry": {"attempts_max": 3, "initial_ms": 300, "max_ms": 2_000, "multiplier": 2.0},
+            "retry": {
+                "attempts_max": PARTNER_ATTEMPTS_MAX,
+                "initial_ms": PARTNER_RETRY_MS_INITIAL,
+                "max_ms": PARTNER_RETRY_MS_MAX,
+                "multiplier": 2.0,
+            },
             "freshness_ms": FRESHNESS_MS,
         }),
         json!({
@@ -516,8 +533,12 @@ fn cascade(order: &Value) -> Option<(Value, Value)> {
 
 fn fulfilment(agent: &ureq::Agent, base: &str) {
     let sub = format!("{base}/v1/topics/orders/subscriptions/fulfilment");
-    let settings =
-        json!({"mode": "queue", "start": "earliest", "max_attempts": 5, "lock_ms": 30_000});
+    let settings = json!({
+        "mode": "queue",
+        "start": "earliest",
+        "max_attempts": WORKER_ATTEMPTS_MAX,
+        "lock_ms": WORKER_LOCK_MS,
+    });
     while call(agent, "PUT", &sub, "application/json", &settings).is_none() {
         std::thread::sleep(Duration::from_millis(SENDER_BACKOFF_MS));
     }

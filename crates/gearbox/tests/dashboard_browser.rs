@@ -47,8 +47,8 @@ fn start_demo(dir: &Path, port: u16) -> (Demo, String) {
         .arg(dir.join("data"))
         .args(["--http", &format!("127.0.0.1:{port}")])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
         .spawn()
         .expect("spawn gearbox demo");
     let mut demo = Demo { child, log };
@@ -142,4 +142,34 @@ fn the_dashboard_works_in_a_headless_browser() {
     );
     assert!(output.contains("dashboard browser test passed"), "{output}");
     println!("{output}");
+    secret_never_shown(&demo, &dir.path().join("data"), &url);
+}
+
+/// The demo's random webhook secret is a `${file:...}` reference: it must not appear in the
+/// demo's output, on the dashboard or in the pipelines API.
+fn secret_never_shown(demo: &Demo, data_dir: &Path, url: &str) {
+    let secret = std::fs::read_to_string(data_dir.join("demo/webhook-secret")).unwrap();
+    assert!(
+        secret.starts_with("whsec_") && secret.len() > 40,
+        "{secret:?}"
+    );
+    let key = secret.trim_start_matches("whsec_");
+    let log = demo.log_text();
+    assert!(
+        log.contains("Gearbox demo is running: open http://"),
+        "{log}"
+    );
+    let mut seen = vec![("the demo's output", log)];
+    for path in ["/", "/ui/fragments/overview", "/v1/pipelines"] {
+        let body = ureq::get(&format!("{url}{path}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        seen.push((path, body));
+    }
+    for (what, text) in seen {
+        assert!(!text.contains(key), "the webhook secret appears in {what}");
+    }
 }
