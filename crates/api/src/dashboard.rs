@@ -313,6 +313,8 @@ struct Overview {
     pipelines: Vec<PipelineCard>,
     topics: Vec<TopicCard>,
     attention: usize,
+    /// `(health, pipelines in it)` for each health some pipeline has, worst first.
+    by_health: Vec<(&'static str, usize)>,
     rendered_at: String,
 }
 
@@ -507,11 +509,22 @@ async fn render_overview(state: &AppState, sampler: &Sampler) -> Html {
         .map(|s| pipeline_card(s, now, sampler, &subs))
         .collect();
     let attention = snapshots.iter().filter(|s| s.health != Health::Ok).count();
+    let by_health = [Health::Error, Health::Warn, Health::Paused, Health::Ok]
+        .into_iter()
+        .map(|h| {
+            (
+                h.as_str(),
+                snapshots.iter().filter(|s| s.health == h).count(),
+            )
+        })
+        .filter(|&(_, n)| n > 0)
+        .collect();
     let topics = topics.iter().map(|t| topic_card(t, now, sampler)).collect();
     render(&Overview {
         pipelines,
         topics,
         attention,
+        by_health,
         rendered_at: clock_text(now),
     })
 }

@@ -235,6 +235,13 @@ async fn the_overview_puts_pipelines_that_need_attention_first() {
     assert!(body.contains(r#"class="card pipeline status-error" data-pipeline="z-stale""#));
     assert!(body.contains(r#"class="card pipeline status-warn" data-pipeline="m-late""#));
     assert!(body.contains(r#"<span id="attention-count">2</span>"#));
+    assert!(
+        body.contains(r#"<span class="dot"></span>1 error</span>"#),
+        "{body}"
+    );
+    assert!(body.contains(r#"<span class="dot"></span>1 warn</span>"#));
+    assert!(body.contains(r#"<span class="dot"></span>1 ok</span>"#));
+    assert!(!body.contains(" paused</span>"));
     assert!(body.contains(r#"data-fragment="/ui/fragments/overview""#));
     assert!(body.contains(&format!(r#"data-refresh-ms="{REFRESH_MS}""#)));
 }
