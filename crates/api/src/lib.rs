@@ -7,6 +7,7 @@
 //! events; a long poll waits at most [`POLL_WAIT_MS_MAX`]; a read or poll returns at most
 //! `READ_EVENTS_MAX` events.
 
+mod dashboard;
 pub mod error;
 mod ingest;
 mod lineage;
@@ -186,6 +187,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(registry::get_policy).put(registry::put_policy),
         )
         .nest("/registry", registry::routes())
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::new("route_not_found", "no such route").field("path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new("method_not_allowed", "this route does not take that method")

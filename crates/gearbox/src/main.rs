@@ -8,6 +8,7 @@
 mod bench;
 mod client;
 mod config;
+mod demo;
 mod pipelines;
 mod schemas;
 mod serve;
@@ -35,6 +36,9 @@ struct Cli {
 enum Command {
     /// Run the server: the HTTP API over the embedded log (ready when GET /healthz answers 200).
     Serve(serve::ServeArgs),
+    /// Run the server with a built-in config and simulated gear, so the dashboard at / comes
+    /// alive on the first run.
+    Demo(demo::DemoArgs),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topics(client::TopicsCommand),
@@ -79,6 +83,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_tracing("info");
             serve::run(args)
+        }
+        Command::Demo(args) => {
+            init_tracing("warn");
+            demo::run(args)
         }
         Command::Topics(command) => client::topics(&cli.server.server, command),
         Command::Produce(args) => client::produce(&cli.server.server, args),

@@ -44,10 +44,16 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(args, config))
+    runtime.block_on(serve(args, config, |_| {}))
 }
 
-async fn serve(args: &ServeArgs, config: Option<Config>) -> anyhow::Result<()> {
+/// Serves until a signal; `on_ready` gets the bound address once requests are accepted (the
+/// demo starts its simulated gear there).
+pub(crate) async fn serve(
+    args: &ServeArgs,
+    config: Option<Config>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let data_dir = args.data_dir.clone();
     let mut broker_config = BrokerConfig::durable();
@@ -98,6 +104,7 @@ async fn serve(args: &ServeArgs, config: Option<Config>) -> anyhow::Result<()> {
         recovery_ms = started.elapsed().as_millis() as u64,
         "gearbox is ready"
     );
+    on_ready(listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             wait_for_signal().await;
