@@ -399,34 +399,6 @@ pub struct PlacedEvent {
     pub pipeline: Option<String>,
 }
 
-impl PlacedEvent {
-    /// The event's attributes lineage keeps, at `offset`. `source` stays empty when it equals
-    /// `same_source_as` (the previous event's; a batch usually has one source), which a
-    /// placement record reads as "the previous event's source".
-    #[must_use]
-    pub fn of(
-        e: &crate::event::CloudEvent,
-        offset: u64,
-        same_source_as: Option<&crate::event::CloudEvent>,
-    ) -> PlacedEvent {
-        let ext = |k: &str| e.extensions.get(k).filter(|v| !v.is_empty()).cloned();
-        PlacedEvent {
-            offset,
-            id: e.id.clone(),
-            source: if same_source_as.is_some_and(|p| p.source == e.source) {
-                String::new()
-            } else {
-                e.source.clone()
-            },
-            correlation_id: ext("correlationid"),
-            causation_id: ext("causationid"),
-            traceparent: ext("traceparent"),
-            detail: None,
-            pipeline: None,
-        }
-    }
-}
-
 /// Many position-keyed hops of one kind at once: a poll's deliveries, an ack's or a nack's
 /// items. Stored as one record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
