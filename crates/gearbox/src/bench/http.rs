@@ -80,13 +80,16 @@ pub struct HttpArgs {
     /// [`SCRAPE_INTERVAL_MS`] ms, in alternating rounds.
     #[arg(long)]
     pub observability: bool,
+    /// Rounds of each `--observability` case (more rounds, less noise in the medians).
+    #[arg(long, default_value_t = 6)]
+    pub rounds: usize,
 }
 
 /// How often `--observability` scrapes `/metrics` during its third case (Prometheus' default is
 /// every 15 s; this is 150 times as often).
 pub const SCRAPE_INTERVAL_MS: u64 = 100;
 /// Rounds of each `--observability` case.
-const OBSERVABILITY_ROUNDS: usize = 6;
+const OBSERVABILITY_ROUNDS_MAX: usize = 100;
 
 /// The 10-field order schema of `--schema` (JSON Schema 2020-12).
 const ORDER_SCHEMA: &str = r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{"order_id":{"type":"string"},"customer":{"type":"string"},"total":{"type":"number","minimum":0},"currency":{"type":"string","enum":["EUR","USD"]},"items":{"type":"integer","minimum":1},"paid":{"type":"boolean"},"created":{"type":"string"},"channel":{"type":"string","maxLength":32},"coupon":{"type":["string","null"]},"note":{"type":"string"}},"required":["order_id","customer","total","currency"],"additionalProperties":false}"#;
@@ -475,6 +478,7 @@ fn observability_cost(
     scratch: &std::path::Path,
     w: &Workload,
     partitions: u32,
+    rounds: usize,
 ) -> anyhow::Result<ObservabilityCost> {
     let a = agent();
     let config = scratch.join("lineage-off.yaml");
@@ -510,7 +514,7 @@ fn observability_cost(
     let mut scrape_total = Duration::ZERO;
     // The order alternates round by round (off, on, scraped; then scraped, on, off), so a drift
     // of the machine over the run (page cache, the disk's own state) hits every case alike.
-    for round in 0..OBSERVABILITY_ROUNDS {
+    for round in 0..rounds {
         let mut cases = [0u8, 1, 2];
         if round % 2 == 1 {
             cases.reverse();
@@ -613,8 +617,8 @@ fn report_observability_cost(c: &ObservabilityCost, args: &HttpArgs) {
     };
     println!();
     println!(
-        "observability cost ({} producers x {} events/request, {OBSERVABILITY_ROUNDS} alternating rounds)",
-        args.producers, args.batch
+        "observability cost ({} producers x {} events/request, {} alternating rounds)",
+        args.producers, args.batch, args.rounds
     );
     println!(
         "  lineage off              {off:>10.0} events/s  (rounds: {})",
@@ -655,6 +659,10 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
         "--seconds must be 1 to {SECONDS_MAX}"
     );
     ensure!(
+        (1..=OBSERVABILITY_ROUNDS_MAX).contains(&args.rounds),
+        "--rounds must be 1 to {OBSERVABILITY_ROUNDS_MAX}"
+    );
+    ensure!(
         (1..=BATCH_MAX).contains(&args.batch),
         "--batch must be 1 to {BATCH_MAX}"
     );
@@ -693,7 +701,12 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
         None
     };
     let observability = if args.observability {
-        Some(observability_cost(scratch.path(), &w, args.partitions)?)
+        Some(observability_cost(
+            scratch.path(),
+            &w,
+            args.partitions,
+            args.rounds,
+        )?)
     } else {
         None
     };
