@@ -971,6 +971,15 @@ impl<B: Backbone> SinkTask<B> {
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let lineage = self.backbone.lineage().filter(|l| l.enabled());
+        let by_position: std::collections::HashMap<(u32, u64), &gearbox_core::broker::Delivery> =
+            if lineage.is_some() {
+                deliveries
+                    .iter()
+                    .map(|d| ((d.stored.partition, d.stored.offset), d))
+                    .collect()
+            } else {
+                std::collections::HashMap::new()
+            };
         let mut hops = Vec::new();
         let mut retries: Vec<((u32, u64), Option<u64>, String)> = Vec::new();
         let mut failed = 0;
@@ -991,11 +1000,7 @@ impl<B: Backbone> SinkTask<B> {
                 }
             }
             let at = (partition, offset);
-            if lineage.is_some()
-                && let Some(d) = deliveries
-                    .iter()
-                    .find(|d| (d.stored.partition, d.stored.offset) == at)
-            {
+            if let Some(d) = by_position.get(&at) {
                 let (kind, result, detail) = match &outcome {
                     Ok(()) => (HopKind::Written, "ok", None),
                     Err(SinkError::Permanent { message }) => {

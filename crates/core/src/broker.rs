@@ -1537,7 +1537,6 @@ impl Broker {
             error,
             &mut random,
         );
-        self.record_settled(HopKind::Nacked, topic, name, &settled, error);
         let positions = settled.dead.iter().map(|d| (d.partition, d.offset));
         let read = self
             .store
@@ -1551,6 +1550,8 @@ impl Broker {
                 return Err(e);
             }
         };
+        // The nacks are durable now (a dead letter's own hop follows its DLQ append).
+        self.record_settled(HopKind::Nacked, topic, name, &settled, error);
         self.dead_letter(&entry, name, &mut s, &settled.dead, &cache)?;
         // A nack (say, `retry_in_ms: 0`) can make an event deliverable now.
         entry.notify.notify_waiters();
