@@ -363,43 +363,6 @@ fn position_key(topic: &str, partition: u32, offset: u64) -> String {
     format!("{topic}/{partition}/{offset}")
 }
 
-/// Many events placed at once: one publish's events in one partition. Stored as one record, so
-/// the ingest path pays one queue slot and one record per partition batch, not per event.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Placed {
-    /// When.
-    pub at_ms: i64,
-    /// [`HopKind::Appended`], or [`HopKind::DeadLettered`] for a publish to a DLQ.
-    pub kind: HopKind,
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: u32,
-    /// The events.
-    pub events: Vec<PlacedEvent>,
-}
-
-/// One event of a [`Placed`] batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlacedEvent {
-    /// Offset.
-    pub offset: u64,
-    /// Event id.
-    pub id: String,
-    /// `source`.
-    pub source: String,
-    /// `correlationid`.
-    pub correlation_id: Option<String>,
-    /// `causationid`.
-    pub causation_id: Option<String>,
-    /// `traceparent`.
-    pub traceparent: Option<String>,
-    /// A dead letter's error.
-    pub detail: Option<String>,
-    /// A dead letter's pipeline.
-    pub pipeline: Option<String>,
-}
-
 /// Many position-keyed hops of one kind at once: a poll's deliveries, an ack's or a nack's
 /// items. Stored as one record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -422,7 +385,6 @@ pub struct Positions {
 #[derive(Debug)]
 enum Entry {
     Hops(Vec<Hop>),
-    Placed(Placed),
     Positions(Positions),
     /// A placement record already encoded, and how many events it holds.
     PlacedText(i64, String, usize),
@@ -432,7 +394,6 @@ impl Entry {
     fn len(&self) -> usize {
         match self {
             Entry::Hops(h) => h.len(),
-            Entry::Placed(p) => p.events.len(),
             Entry::Positions(p) => p.items.len(),
             Entry::PlacedText(_, _, n) => *n,
         }
@@ -482,40 +443,6 @@ fn optional(field: &str) -> Option<String> {
     (!field.is_empty()).then(|| unescape(field).into_owned())
 }
 
-impl Placed {
-    /// The placement record (see [`PlacementLines`] for the format).
-    fn to_record(&self) -> RecordInput {
-        let default_source = self.events.first().map_or("", |e| e.source.as_str());
-        let mut lines = PlacementLines::with_default_source(default_source);
-        for e in &self.events {
-            lines.push_line(
-                &e.id,
-                &e.source,
-                [
-                    e.correlation_id.as_deref(),
-                    e.causation_id.as_deref(),
-                    e.traceparent.as_deref(),
-                    e.detail.as_deref(),
-                    e.pipeline.as_deref(),
-                ],
-            );
-        }
-        let first = self.events.first().map_or(0, |e| e.offset);
-        let mut body = lines.head(self.kind, &self.topic, self.partition, first);
-        // Offsets that are not one past the previous one are written out.
-        let mut prev: Option<u64> = None;
-        for (e, span) in self.events.iter().zip(&lines.spans) {
-            body.push('\n');
-            if prev.is_some_and(|o| o + 1 != e.offset) {
-                body.push_str(&e.offset.to_string());
-            }
-            body.push_str(&lines.text[span.clone()]);
-            prev = Some(e.offset);
-        }
-        placed_record(self.at_ms, body)
-    }
-}
-
 fn placed_record(at_ms: i64, body: String) -> RecordInput {
     RecordInput {
         timestamp: at_ms,
@@ -544,19 +471,14 @@ pub struct PlacementLines {
 }
 
 impl PlacementLines {
-    fn with_default_source(source: &str) -> PlacementLines {
-        PlacementLines {
-            default_source: source.to_string(),
-            ..PlacementLines::default()
-        }
-    }
-
     /// The lines of `events`, in order (`dlq`: take the dead-letter error and pipeline from
     /// their `dlq*` extensions).
     #[must_use]
     pub fn of(events: &[crate::event::CloudEvent], dlq: bool) -> PlacementLines {
-        let mut lines =
-            PlacementLines::with_default_source(events.first().map_or("", |e| e.source.as_str()));
+        let mut lines = PlacementLines {
+            default_source: events.first().map_or("", |e| e.source.as_str()).to_string(),
+            ..PlacementLines::default()
+        };
         lines.text.reserve(events.len() * 24);
         lines.spans.reserve(events.len());
         for e in events {
@@ -1020,21 +942,6 @@ impl Lineage {
         self.queue(Entry::Hops(hops));
     }
 
-    /// Queues a batch of placements (see [`Placed`]), as records of at most
-    /// [`PLACED_EVENTS_MAX`] events.
-    pub fn record_placed(&self, mut placed: Placed) {
-        while placed.events.len() > PLACED_EVENTS_MAX {
-            let rest = placed.events.split_off(PLACED_EVENTS_MAX);
-            let head = Placed {
-                events: std::mem::replace(&mut placed.events, rest),
-                topic: placed.topic.clone(),
-                ..placed
-            };
-            self.queue(Entry::Placed(head));
-        }
-        self.queue(Entry::Placed(placed));
-    }
-
     /// Queues the placement record of a publish's events at `indexes` of `lines`, appended at
     /// consecutive offsets from `base` (see [`PlacementLines`]), in records of at most
     /// [`PLACED_EVENTS_MAX`] events.
@@ -1294,7 +1201,6 @@ fn append(partition: &gearbox_log::Partition, entries: &[Entry]) -> Result<(), S
                     push(&mut batch, hop.to_record())?;
                 }
             }
-            Entry::Placed(p) => push(&mut batch, p.to_record())?,
             Entry::Positions(p) => push(&mut batch, p.to_record())?,
             Entry::PlacedText(at_ms, body, _) => {
                 push(&mut batch, placed_record(*at_ms, body.clone()))?
@@ -1375,25 +1281,37 @@ mod tests {
     fn placements_and_positions_round_trip_through_their_compact_records() {
         let dir = tempfile::tempdir().unwrap();
         let l = open(dir.path());
-        let ev = |offset: u64, id: &str, source: &str| PlacedEvent {
-            offset,
+        let ev = |id: &str, source: &str, ext: &[(&str, &str)]| crate::event::CloudEvent {
             id: id.into(),
             source: source.into(),
-            ..PlacedEvent::default()
+            ty: "t".into(),
+            specversion: "1.0".into(),
+            datacontenttype: None,
+            dataschema: None,
+            subject: None,
+            time: None,
+            extensions: ext
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            data: None,
         };
-        let mut odd = ev(9, "tab\there\nnew\\line", "/b");
-        odd.correlation_id = Some("c\t1".into());
-        odd.traceparent = Some("00-aa-bb-01".into());
-        let mut dead = ev(10, "d", "/b");
-        dead.detail = Some("boom".into());
-        l.record_placed(Placed {
-            at_ms: 5,
-            kind: HopKind::Appended,
-            topic: "t".into(),
-            partition: 2,
-            // Consecutive offsets and a repeated source are compacted; a gap and a change are not.
-            events: vec![ev(3, "a", "/a"), ev(4, "b", "/a"), odd.clone(), dead],
-        });
+        let odd = ev(
+            "tab\there\nnew\\line",
+            "/b",
+            &[("correlationid", "c\t1"), ("traceparent", "00-aa-bb-01")],
+        );
+        let events = [
+            ev("a", "/a", &[]),
+            ev("b", "/a", &[]),
+            odd.clone(),
+            ev("d", "/b", &[("dlqerror", "boom")]),
+        ];
+        // The default source (the first event's) is left out of a line; another one is not. The
+        // escaped fields come back as they were.
+        let lines = PlacementLines::of(&events, true);
+        l.record_placement_lines(&lines, HopKind::Appended, 5, "t", 2, 3, &[0, 1]);
+        l.record_placement_lines(&lines, HopKind::Appended, 5, "t", 2, 9, &[2, 3]);
         l.record_positions(Positions {
             at_ms: 6,
             kind: HopKind::Delivered,

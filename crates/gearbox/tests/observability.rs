@@ -64,6 +64,14 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Serves `app` on a free loopback port; returns its `/in` URL.
+async fn serve_in(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/in")
+}
+
 /// A receiver that answers 400 (a permanent failure) to events whose data has `"fail": true`.
 fn start_receiver(rt: &tokio::runtime::Runtime) -> String {
     rt.block_on(async {
@@ -78,10 +86,7 @@ fn start_receiver(rt: &tokio::runtime::Runtime) -> String {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}/in")
+        serve_in(app).await
     })
 }
 
@@ -529,10 +534,7 @@ fn traceparent_travels_from_the_producer_through_the_log_to_the_http_sink() {
                 StatusCode::OK
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}/in")
+        serve_in(app).await
     });
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gearbox.yaml");

@@ -421,8 +421,20 @@ fn schema_cost(
     Ok(out)
 }
 
+/// The mean of a case's rounds.
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// A case's rounds, for the report: `412034, 398112, ...`.
+fn rounds(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn report_schema_cost(c: &SchemaCost, args: &HttpArgs) {
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (plain, checked) = (mean(&c.plain), mean(&c.checked));
     let cost = (1.0 - checked / plain) * 100.0;
     if args.json {
@@ -433,12 +445,6 @@ fn report_schema_cost(c: &SchemaCost, args: &HttpArgs) {
         );
         return;
     }
-    let rounds = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     println!();
     println!(
         "validation at ingest (10-field JSON Schema, {} producers x {} events/request, rounds alternate)",
@@ -588,7 +594,6 @@ fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn report_observability_cost(c: &ObservabilityCost, args: &HttpArgs) {
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (off, on, scraped) = (mean(&c.lineage_off), mean(&c.lineage_on), mean(&c.scraped));
     let on_off = median_ratio(&c.lineage_on, &c.lineage_off);
     let scraped_on = median_ratio(&c.scraped, &c.lineage_on);
@@ -609,12 +614,6 @@ fn report_observability_cost(c: &ObservabilityCost, args: &HttpArgs) {
         );
         return;
     }
-    let rounds = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     println!();
     println!(
         "observability cost ({} producers x {} events/request, {} alternating rounds)",
