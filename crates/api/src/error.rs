@@ -209,6 +209,7 @@ impl From<BrokerError> for ApiError {
                     .field(format!("events[{index}].type"))
                     .hint(format!("register a schema under subject {subject}"))
             }
+            BrokerError::InvalidBatch(_) => ApiError::new("invalid_batch", message),
             BrokerError::Internal(_) => ApiError::new("internal", message),
         }
     }

@@ -33,6 +33,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::Notify;
 
+mod raw;
+pub use raw::{AppendedBatch, KAFKA_GROUP_START};
+
 /// Suffix of dead-letter topics.
 pub const DLQ_SUFFIX: &str = ".dlq";
 /// Largest encoded event accepted.
@@ -206,6 +209,10 @@ pub enum BrokerError {
     /// A partition holds corrupt data.
     #[error("partition corrupted: {0}")]
     PartitionCorrupted(String),
+    /// A produced RecordBatch was refused before anything was written (framing, CRC, sizes,
+    /// a record that does not decode).
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(String),
     /// Something unexpected (an I/O error opening files, a damaged state store).
     #[error("internal error: {0}")]
     Internal(String),
@@ -228,6 +235,9 @@ impl From<AppendError> for BrokerError {
             AppendError::Unavailable { source, .. } => {
                 BrokerError::PartitionFailed(source.to_string())
             }
+            e @ (AppendError::InvalidBatch(_)
+            | AppendError::InvalidOffsets { .. }
+            | AppendError::BatchTooLarge { .. }) => BrokerError::InvalidBatch(e.to_string()),
             other => BrokerError::Internal(other.to_string()),
         }
     }
@@ -1616,6 +1626,16 @@ impl Broker {
         name: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), BrokerError> {
+        self.commit_cursor(topic, name, offsets, false)
+    }
+
+    fn commit_cursor(
+        &self,
+        topic: &str,
+        name: &str,
+        offsets: &[(u32, u64)],
+        rewind: bool,
+    ) -> Result<(), BrokerError> {
         let entry = self.require(topic)?;
         let sub = self.sub(topic, name)?;
         let mut s = lock(&sub);
@@ -1627,7 +1647,9 @@ impl Broker {
             });
         }
         let bounds = Self::bounds(&entry);
-        let writes = s.commit(offsets, &bounds).map_err(|e| match e {
+        let writes = s
+            .commit_checked(offsets, &bounds, rewind)
+            .map_err(|e| match e {
             CommitError::Regression {
                 partition,
                 committed,

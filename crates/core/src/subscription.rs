@@ -800,6 +800,20 @@ impl Subscription {
         offsets: &[(u32, u64)],
         bounds: &Bounds,
     ) -> Result<Vec<Write>, CommitError> {
+        self.commit_checked(offsets, bounds, false)
+    }
+
+    /// [`Subscription::commit`], where `rewind` allows an offset below the committed one (a
+    /// Kafka consumer group may seek back and commit there).
+    ///
+    /// # Errors
+    /// As [`Subscription::commit`].
+    pub fn commit_checked(
+        &mut self,
+        offsets: &[(u32, u64)],
+        bounds: &Bounds,
+        rewind: bool,
+    ) -> Result<Vec<Write>, CommitError> {
         for &(p, o) in offsets {
             let Some(c) = self.cursor.get(p as usize) else {
                 return Err(CommitError::OutOfRange {
@@ -807,7 +821,7 @@ impl Subscription {
                     requested: o,
                 });
             };
-            if o < c.committed {
+            if o < c.committed && !rewind {
                 return Err(CommitError::Regression {
                     partition: p,
                     committed: c.committed,
@@ -825,7 +839,7 @@ impl Subscription {
         for &(p, o) in offsets {
             let c = &mut self.cursor[p as usize];
             c.committed = o;
-            c.position = c.position.max(o);
+            c.position = if rewind { o } else { c.position.max(o) };
             writes.push(Write::SetPosition {
                 key: partition_key(&self.topic, &self.name, p),
                 offset: o,
