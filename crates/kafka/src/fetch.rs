@@ -163,9 +163,21 @@ fn read_partition(
         Err(BrokerError::OffsetOutOfRange { .. }) => return Err(ResponseError::OffsetOutOfRange.code()),
         Err(e) => return Err(code_for(&e)),
     };
-    let mut buf = BytesMut::with_capacity(read.batches.iter().map(|b| b.bytes.len()).sum());
-    for b in &read.batches {
-        buf.extend_from_slice(&b.bytes);
+    // The log returns at least one whole batch; only the answer's first non-empty partition
+    // may go over the limit with it (Kafka's rule), so later partitions keep what fits.
+    let mut taken = 0usize;
+    let fits: Vec<&[u8]> = read
+        .batches
+        .iter()
+        .map(|b| &b.bytes[..])
+        .take_while(|b| {
+            taken += b.len();
+            first || taken <= max_bytes
+        })
+        .collect();
+    let mut buf = BytesMut::with_capacity(fits.iter().map(|b| b.len()).sum());
+    for b in fits {
+        buf.extend_from_slice(b);
     }
     Ok((
         read.high_watermark as i64,
