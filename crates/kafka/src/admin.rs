@@ -70,12 +70,21 @@ pub async fn create_topics(
                 let partitions = if t.num_partitions == -1 {
                     Ok(default_partitions)
                 } else {
-                    u32::try_from(t.num_partitions).map_err(|_| {
-                        (
-                            ResponseError::InvalidPartitions,
-                            format!("num_partitions {} must be positive", t.num_partitions),
-                        )
-                    })
+                    // Kafka answers INVALID_PARTITIONS for 0 too; the broker's own bound would
+                    // otherwise come back as INVALID_REQUEST.
+                    u32::try_from(t.num_partitions)
+                        .ok()
+                        .filter(|p| (1..=gearbox_log::PARTITIONS_PER_TOPIC_MAX).contains(p))
+                        .ok_or_else(|| {
+                            (
+                                ResponseError::InvalidPartitions,
+                                format!(
+                                    "num_partitions {} must be -1 (the default) or 1 to {}",
+                                    t.num_partitions,
+                                    gearbox_log::PARTITIONS_PER_TOPIC_MAX
+                                ),
+                            )
+                        })
                 };
                 let configs: Vec<(String, Option<String>)> = t
                     .configs
