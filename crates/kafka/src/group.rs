@@ -47,13 +47,21 @@ impl Groups {
     }
 
     /// JoinGroup: completes when the rebalance does.
-    pub async fn join(self: &Arc<Self>, _req: JoinGroupRequest, _version: i16) -> JoinGroupResponse {
+    pub async fn join(
+        self: &Arc<Self>,
+        _req: JoinGroupRequest,
+        _version: i16,
+    ) -> JoinGroupResponse {
         let _ = (&self.broker, &self.config);
         JoinGroupResponse::default()
     }
 
     /// SyncGroup: completes when the leader's assignment is in.
-    pub async fn sync(self: &Arc<Self>, _req: SyncGroupRequest, _version: i16) -> SyncGroupResponse {
+    pub async fn sync(
+        self: &Arc<Self>,
+        _req: SyncGroupRequest,
+        _version: i16,
+    ) -> SyncGroupResponse {
         SyncGroupResponse::default()
     }
 

@@ -226,9 +226,7 @@ async fn dispatch(
         RequestKind::OffsetFetch(r) => {
             ResponseKind::OffsetFetch(groups.offset_fetch(r, version).await)
         }
-        RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(groups.describe(r, version))
-        }
+        RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups.describe(r, version)),
         RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups.list(r, version)),
         _ => {
             // `versions::supported` admitted it, so the table and this match disagree.
