@@ -11,13 +11,17 @@ mod common;
 use bytes::Bytes;
 use common::{Client, Server, batch, encode_request, producer_batch, reseal};
 use gearbox_core::broker::{Broker, BrokerConfig, EVENT_BYTES_MAX, TOPIC_BATCH_BYTES_MAX};
+use gearbox_kafka::compression::DECOMPRESSED_BYTES_MAX;
 use gearbox_kafka::fetch::FETCH_PARTITIONS_MAX;
 use gearbox_kafka::produce::{PRODUCE_PARTITIONS_MAX, check_batch};
 use gearbox_kafka::producers::{
     PRODUCER_ID_BLOCK, PRODUCERS_PER_PARTITION_MAX, Producers, STATE_SCAN_OFFSETS, Sequenced,
 };
 use gearbox_kafka::{KafkaConfig, versions};
-use gearbox_log::batch::{ATTRIBUTES_POS, BatchBuilder, MAGIC_POS, RecordInput};
+use gearbox_log::batch::{
+    ATTRIBUTES_POS, BATCH_HEADER_BYTES, BATCH_LENGTH_POS, BatchBuilder, LOG_OVERHEAD, MAGIC_POS,
+    RecordInput,
+};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
@@ -482,6 +486,33 @@ fn oversized_batch() -> Vec<u8> {
     b.build().unwrap()
 }
 
+/// `plain` with its records gzip-compressed (codec 1), length and CRC redone.
+fn gzip(plain: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(&plain[BATCH_HEADER_BYTES..]).unwrap();
+    let mut out = plain[..BATCH_HEADER_BYTES].to_vec();
+    out.extend_from_slice(&z.finish().unwrap());
+    let length = i32::try_from(out.len() - LOG_OVERHEAD).unwrap();
+    out[BATCH_LENGTH_POS..BATCH_LENGTH_POS + 4].copy_from_slice(&length.to_be_bytes());
+    with_codec(out, 1)
+}
+
+/// A plain batch whose records alone pass DECOMPRESSED_BYTES_MAX (each record is allowed).
+fn oversized_plain_records() -> Vec<u8> {
+    let value = vec![0u8; EVENT_BYTES_MAX - 64];
+    let mut b = BatchBuilder::new();
+    while b.encoded_len() - BATCH_HEADER_BYTES <= DECOMPRESSED_BYTES_MAX {
+        b.push(RecordInput {
+            timestamp: 1,
+            key: None,
+            value: Some(value.clone()),
+            headers: Vec::new(),
+        });
+    }
+    b.build().unwrap()
+}
+
 fn refusals(oversized: &[u8]) -> Vec<Refused> {
     let good = batch(1_000, &[b"a", b"b", b"c"]);
     let flipped = {
@@ -530,29 +561,48 @@ fn refusals(oversized: &[u8]) -> Vec<Refused> {
             ResponseError::InvalidRecord,
             "one batch per partition",
         ),
+        // Codec bits over records that are not compressed: they do not decompress.
         r(
-            "gzip",
+            "gzip bits, plain records",
             Some(with_codec(good.clone(), 1)),
-            ResponseError::UnsupportedCompressionType,
-            "codec 1",
+            ResponseError::CorruptMessage,
+            "gzip records do not decompress",
         ),
         r(
-            "snappy",
+            "snappy bits, plain records",
             Some(with_codec(good.clone(), 2)),
-            ResponseError::UnsupportedCompressionType,
-            "codec 2",
+            ResponseError::CorruptMessage,
+            "snappy records do not decompress",
         ),
         r(
-            "lz4",
+            "lz4 bits, plain records",
             Some(with_codec(good.clone(), 3)),
-            ResponseError::UnsupportedCompressionType,
-            "codec 3",
+            ResponseError::CorruptMessage,
+            "lz4 records do not decompress",
         ),
         r(
-            "zstd",
+            "zstd bits, plain records",
             Some(with_codec(good.clone(), 4)),
+            ResponseError::CorruptMessage,
+            "zstd records do not decompress",
+        ),
+        r(
+            "codec 5",
+            Some(with_codec(good.clone(), 5)),
             ResponseError::UnsupportedCompressionType,
-            "codec 4",
+            "codec 5",
+        ),
+        r(
+            "codec 7",
+            Some(with_codec(good.clone(), 7)),
+            ResponseError::UnsupportedCompressionType,
+            "codec 7",
+        ),
+        r(
+            "a gzip batch inflating past DECOMPRESSED_BYTES_MAX",
+            Some(gzip(&oversized_plain_records())),
+            ResponseError::MessageTooLarge,
+            &format!("more than {DECOMPRESSED_BYTES_MAX} bytes"),
         ),
         r(
             "a transactional batch",
@@ -692,6 +742,23 @@ fn bad_batches_are_refused_with_their_code_and_nothing_is_written() {
         assert_eq!((p.error_code, p.base_offset), (0, 2));
         assert_eq!(p.log_start_offset, if version >= 5 { 0 } else { -1 });
     }
+}
+
+#[test]
+fn a_compressed_batch_is_stored_and_served_as_its_plain_equivalent() {
+    let (_dir, server) = start();
+    let mut c = server.client();
+    create_topic(&mut c, "t", 1);
+    let plain = producer_batch(3, 0, 0, &[b"one", b"two", b"three"]);
+    let compressed = gzip(&plain);
+    assert_ne!(compressed.len(), plain.len());
+    assert_eq!(produce_ok(&mut c, "t", compressed.clone()), 0);
+    let got = records_of(&fetch(&mut c, "t", 0, 0, 0, 1 << 20));
+    assert_eq!(got.len(), plain.len());
+    assert_eq!(got[16..], plain[16..], "the plain batch, CRC included");
+    // A retry of the compressed batch is recognised by its sequence.
+    assert_eq!(produce_ok(&mut c, "t", compressed), 0);
+    assert_eq!(latest(&mut c, "t"), 3);
 }
 
 #[test]
