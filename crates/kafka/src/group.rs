@@ -1491,3 +1491,523 @@ fn new_member_id(client_id: &str) -> String {
 fn ms(v: i32) -> Duration {
     Duration::from_millis(u64::try_from(v).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gearbox_core::broker::BrokerConfig;
+    use gearbox_core::event::CloudEvent;
+    use gearbox_log::Retention;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::protocol::Encodable;
+    use std::future::Future;
+    use tokio::task::JoinHandle;
+
+    const G: &str = "g";
+    const SESSION_MS: i32 = 10_000;
+    const REBALANCE_MS: i32 = 2_000;
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct Fixture {
+        groups: Arc<Groups>,
+        broker: Arc<Broker>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn config() -> GroupConfig {
+        GroupConfig {
+            session_timeout_ms_min: 10,
+            ..GroupConfig::default()
+        }
+    }
+
+    fn fixture(config: GroupConfig) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker_config = BrokerConfig::durable();
+        broker_config.background = false;
+        let broker = Arc::new(Broker::open(dir.path(), broker_config).unwrap());
+        Fixture {
+            groups: Groups::new(broker.clone(), config),
+            broker,
+            _dir: dir,
+        }
+    }
+
+    fn s(v: &str) -> StrBytes {
+        StrBytes::from_string(v.to_owned())
+    }
+
+    /// Fails the test if `m` does not encode at `version` (a field set that the version lacks).
+    fn encodes<T: Encodable>(m: &T, version: i16) {
+        let mut buf = bytes::BytesMut::new();
+        if let Err(e) = m.encode(&mut buf, version) {
+            panic!("does not encode at v{version}: {e}");
+        }
+    }
+
+    fn join_req(member: &str, session_ms: i32, protocols: &[(&str, &[u8])]) -> JoinGroupRequest {
+        let mut r = JoinGroupRequest::default();
+        r.group_id = GroupId(s(G));
+        r.session_timeout_ms = session_ms;
+        r.rebalance_timeout_ms = REBALANCE_MS;
+        r.member_id = s(member);
+        r.protocol_type = s("consumer");
+        r.protocols = protocols
+            .iter()
+            .map(|(name, meta)| {
+                let mut p = JoinGroupRequestProtocol::default();
+                p.name = s(name);
+                p.metadata = Bytes::copy_from_slice(meta);
+                p
+            })
+            .collect();
+        r
+    }
+
+    const RANGE: &[(&str, &[u8])] = &[("range", b"meta")];
+
+    /// Spawns a join; on v4+ with no member id, it first takes the MEMBER_ID_REQUIRED round.
+    fn spawn_join(
+        g: &Arc<Groups>,
+        mut req: JoinGroupRequest,
+        version: i16,
+    ) -> JoinHandle<JoinGroupResponse> {
+        let g = g.clone();
+        tokio::spawn(async move {
+            let client = ClientMeta {
+                client_id: "rdkafka".into(),
+                client_host: "/127.0.0.1".into(),
+            };
+            if version >= 4 && req.member_id.is_empty() && req.group_instance_id.is_none() {
+                let first = g.join_as(req.clone(), version, client.clone()).await;
+                encodes(&first, version);
+                assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
+                req.member_id = first.member_id;
+            }
+            let resp = g.join_as(req, version, client).await;
+            encodes(&resp, version);
+            resp
+        })
+    }
+
+    async fn done<T>(h: impl Future<Output = Result<T, tokio::task::JoinError>>) -> T {
+        tokio::time::timeout(WAIT, h)
+            .await
+            .expect("completes in time")
+            .unwrap()
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn sync_req(generation: i32, member: &str, assignments: &[(&str, &[u8])]) -> SyncGroupRequest {
+        let mut r = SyncGroupRequest::default();
+        r.group_id = GroupId(s(G));
+        r.generation_id = generation;
+        r.member_id = s(member);
+        r.assignments = assignments
+            .iter()
+            .map(|(m, a)| {
+                let mut x = SyncGroupRequestAssignment::default();
+                x.member_id = s(m);
+                x.assignment = Bytes::copy_from_slice(a);
+                x
+            })
+            .collect();
+        r
+    }
+
+    fn spawn_sync(
+        g: &Arc<Groups>,
+        req: SyncGroupRequest,
+        version: i16,
+    ) -> JoinHandle<SyncGroupResponse> {
+        let g = g.clone();
+        tokio::spawn(async move {
+            let resp = g.sync(req, version).await;
+            encodes(&resp, version);
+            resp
+        })
+    }
+
+    fn heartbeat(g: &Groups, generation: i32, member: &StrBytes) -> i16 {
+        let mut r = HeartbeatRequest::default();
+        r.group_id = GroupId(s(G));
+        r.generation_id = generation;
+        r.member_id = member.clone();
+        let resp = g.heartbeat(r, 4);
+        encodes(&resp, 4);
+        resp.error_code
+    }
+
+    /// Two members join together (the initial delay gathers them) and sync: (leader, follower).
+    async fn stable_pair(g: &Arc<Groups>, version: i16) -> (JoinGroupResponse, JoinGroupResponse) {
+        let a = spawn_join(g, join_req("", SESSION_MS, PROTOCOLS_A), version);
+        let b = spawn_join(g, join_req("", SESSION_MS, PROTOCOLS_B), version);
+        let (a, b) = (done(a).await, done(b).await);
+        assert_eq!((a.error_code, b.error_code), (0, 0));
+        assert_eq!((a.generation_id, b.generation_id), (1, 1));
+        assert_eq!(a.leader, b.leader);
+        // "sticky" is the only protocol both support.
+        assert_eq!(a.protocol_name.as_deref(), Some("sticky"));
+        let (leader, follower) = if a.leader == a.member_id {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(leader.members.len(), 2);
+        assert!(follower.members.is_empty());
+        let follower_meta = leader
+            .members
+            .iter()
+            .find(|m| m.member_id == follower.member_id)
+            .map(|m| m.metadata.clone())
+            .unwrap();
+        assert!(
+            follower_meta == Bytes::from_static(b"a2") || follower_meta == Bytes::from_static(b"b")
+        );
+
+        let waiting = spawn_sync(g, sync_req(1, &follower.member_id, &[]), 5);
+        wait_for("the follower's sync to wait", || {
+            g.lock()[G].members[follower.member_id.as_str()]
+                .sync_tx
+                .is_some()
+        })
+        .await;
+        let assignments = [
+            (leader.member_id.as_str(), &b"A"[..]),
+            (follower.member_id.as_str(), &b"B"[..]),
+        ];
+        let lead = done(spawn_sync(
+            g,
+            sync_req(1, &leader.member_id, &assignments),
+            5,
+        ))
+        .await;
+        let follow = done(waiting).await;
+        assert_eq!((lead.error_code, follow.error_code), (0, 0));
+        assert_eq!(lead.assignment, Bytes::from_static(b"A"));
+        assert_eq!(follow.assignment, Bytes::from_static(b"B"));
+        assert_eq!(follow.protocol_name.as_deref(), Some("sticky"));
+        assert_eq!(follow.protocol_type.as_deref(), Some("consumer"));
+        assert_eq!(g.state(G), Some(GroupState::Stable));
+        (leader, follower)
+    }
+
+    const PROTOCOLS_A: &[(&str, &[u8])] = &[("range", b"a"), ("sticky", b"a2")];
+    const PROTOCOLS_B: &[(&str, &[u8])] = &[("sticky", b"b")];
+
+    /// Which of [`stable_pair`]'s members `id` is, told by its metadata in the leader's list.
+    fn protocols_of(
+        leader: &JoinGroupResponse,
+        id: &StrBytes,
+    ) -> &'static [(&'static str, &'static [u8])] {
+        let meta = leader
+            .members
+            .iter()
+            .find(|m| &m.member_id == id)
+            .map(|m| m.metadata.clone());
+        if meta == Some(Bytes::from_static(b"a2")) {
+            PROTOCOLS_A
+        } else {
+            PROTOCOLS_B
+        }
+    }
+
+    fn gathering() -> GroupConfig {
+        GroupConfig {
+            initial_rebalance_delay_ms: 100,
+            ..config()
+        }
+    }
+
+    #[test]
+    fn versions_lie_within_the_codec() {
+        let versions = Groups::versions();
+        assert_eq!(versions.len(), 8);
+        for (key, range) in versions {
+            let valid = key.valid_versions();
+            assert!(range.min >= valid.min && range.max <= valid.max, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn default_config_uses_the_named_limits() {
+        let c = GroupConfig::default();
+        assert_eq!(
+            (c.groups_max, c.group_members_max),
+            (GROUPS_MAX, GROUP_MEMBERS_MAX)
+        );
+        assert_eq!(
+            (c.session_timeout_ms_min, c.session_timeout_ms_max),
+            (1_000, 300_000)
+        );
+        assert_eq!(c.initial_rebalance_delay_ms, 0);
+    }
+
+    #[tokio::test]
+    async fn two_members_join_elect_a_leader_and_receive_assignments() {
+        let f = fixture(gathering());
+        let (leader, follower) = stable_pair(&f.groups, 7).await;
+        assert_eq!(heartbeat(&f.groups, 1, &leader.member_id), 0);
+        assert_eq!(heartbeat(&f.groups, 1, &follower.member_id), 0);
+        // A Stable follower's sync is answered from the stored assignment.
+        let again = done(spawn_sync(
+            &f.groups,
+            sync_req(1, &follower.member_id, &[]),
+            5,
+        ))
+        .await;
+        assert_eq!(again.assignment, Bytes::from_static(b"B"));
+        // A follower rejoining with the same metadata learns the current generation.
+        let rejoin = join_req(
+            &follower.member_id,
+            SESSION_MS,
+            protocols_of(&leader, &follower.member_id),
+        );
+        let current = done(spawn_join(&f.groups, rejoin, 7)).await;
+        assert_eq!((current.error_code, current.generation_id), (0, 1));
+        assert_eq!(f.groups.state(G), Some(GroupState::Stable));
+    }
+
+    #[tokio::test]
+    async fn a_third_member_triggers_a_rebalance_and_the_generation_increments() {
+        let f = fixture(gathering());
+        let (leader, follower) = stable_pair(&f.groups, 5).await;
+        let third = spawn_join(&f.groups, join_req("", SESSION_MS, &[("sticky", b"c")]), 5);
+        wait_for("the rebalance", || {
+            f.groups.state(G) == Some(GroupState::PreparingRebalance)
+        })
+        .await;
+        let rebalancing = ResponseError::RebalanceInProgress.code();
+        assert_eq!(heartbeat(&f.groups, 1, &leader.member_id), rebalancing);
+        assert_eq!(heartbeat(&f.groups, 1, &follower.member_id), rebalancing);
+        // A sync of the old generation during the rebalance is told to rejoin too.
+        let stale = done(spawn_sync(
+            &f.groups,
+            sync_req(1, &leader.member_id, &[]),
+            5,
+        ))
+        .await;
+        assert_eq!(stale.error_code, rebalancing);
+
+        let mut rejoins = Vec::new();
+        for m in [&leader, &follower] {
+            let protocols = protocols_of(&leader, &m.member_id);
+            rejoins.push(spawn_join(
+                &f.groups,
+                join_req(&m.member_id, SESSION_MS, protocols),
+                5,
+            ));
+        }
+        let third = done(third).await;
+        let mut all = vec![third];
+        for r in rejoins {
+            all.push(done(r).await);
+        }
+        for r in &all {
+            assert_eq!((r.error_code, r.generation_id), (0, 2));
+            // The previous leader stays the leader.
+            assert_eq!(r.leader, leader.member_id);
+        }
+        let new_leader = all
+            .iter()
+            .find(|r| r.member_id == leader.member_id)
+            .unwrap();
+        assert_eq!(new_leader.members.len(), 3);
+        assert_eq!(f.groups.state(G), Some(GroupState::CompletingRebalance));
+        // The old generation is now illegal.
+        assert_eq!(
+            heartbeat(&f.groups, 1, &follower.member_id),
+            ResponseError::IllegalGeneration.code()
+        );
+        assert_eq!(heartbeat(&f.groups, 2, &follower.member_id), 0);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_stops_heartbeating_is_expelled() {
+        let f = fixture(config());
+        let a = done(spawn_join(&f.groups, join_req("", 150, RANGE), 4)).await;
+        let b = spawn_join(&f.groups, join_req("", 150, RANGE), 4);
+        // a must rejoin for b's rebalance.
+        let a_again = spawn_join(&f.groups, join_req(&a.member_id, 150, RANGE), 4);
+        let (b, a2) = (done(b).await, done(a_again).await);
+        assert_eq!((a2.generation_id, b.generation_id), (2, 2));
+        let leader = if a2.leader == a2.member_id { &a2 } else { &b };
+        let assignments = [
+            (a2.member_id.as_str(), &b"A"[..]),
+            (b.member_id.as_str(), &b"B"[..]),
+        ];
+        let follower_sync = spawn_sync(
+            &f.groups,
+            sync_req(
+                2,
+                if leader.member_id == a2.member_id {
+                    &b.member_id
+                } else {
+                    &a2.member_id
+                },
+                &[],
+            ),
+            3,
+        );
+        wait_for("the follower's sync", || {
+            f.groups.lock()[G]
+                .members
+                .values()
+                .any(|m| m.sync_tx.is_some())
+        })
+        .await;
+        done(spawn_sync(
+            &f.groups,
+            sync_req(2, &leader.member_id, &assignments),
+            3,
+        ))
+        .await;
+        done(follower_sync).await;
+        assert_eq!(f.groups.state(G), Some(GroupState::Stable));
+        // Only a keeps heartbeating; b's session (150 ms) runs out.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let code = heartbeat(&f.groups, 2, &a2.member_id);
+            if code == ResponseError::RebalanceInProgress.code() {
+                break;
+            }
+            assert_eq!(code, 0);
+            assert!(Instant::now() < deadline, "b was never expelled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            heartbeat(&f.groups, 2, &b.member_id),
+            ResponseError::UnknownMemberId.code()
+        );
+        let alone = done(spawn_join(
+            &f.groups,
+            join_req(&a2.member_id, 150, RANGE),
+            4,
+        ))
+        .await;
+        assert_eq!((alone.error_code, alone.generation_id), (0, 3));
+        assert_eq!(alone.members.len(), 1);
+        // Then a stops too: the group empties and leaves memory.
+        wait_for("the group to be dropped", || f.groups.live_groups() == 0).await;
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_rejoin_is_removed_at_the_rebalance_timeout() {
+        let f = fixture(config());
+        let mut req = join_req("", SESSION_MS, RANGE);
+        req.rebalance_timeout_ms = 100;
+        let a = done(spawn_join(&f.groups, req.clone(), 3)).await;
+        let b = done(spawn_join(&f.groups, req, 3)).await;
+        // b's join started a rebalance that a never rejoins: b completes alone.
+        assert_eq!((b.error_code, b.generation_id), (0, 2));
+        assert_eq!(b.leader, b.member_id);
+        assert_eq!(
+            heartbeat(&f.groups, 2, &a.member_id),
+            ResponseError::UnknownMemberId.code()
+        );
+    }
+
+    #[tokio::test]
+    async fn leave_triggers_a_rebalance_and_the_last_leave_empties_the_group() {
+        let f = fixture(gathering());
+        let (leader, follower) = stable_pair(&f.groups, 5).await;
+        let mut leave = LeaveGroupRequest::default();
+        leave.group_id = GroupId(s(G));
+        leave.members = [follower.member_id.clone(), s("nobody")]
+            .into_iter()
+            .map(|id| {
+                let mut m = MemberIdentity::default();
+                m.member_id = id;
+                m
+            })
+            .collect();
+        let resp = f.groups.leave(leave, 3);
+        encodes(&resp, 3);
+        let codes: Vec<i16> = resp.members.iter().map(|m| m.error_code).collect();
+        assert_eq!(codes, [0, ResponseError::UnknownMemberId.code()]);
+        assert_eq!(
+            heartbeat(&f.groups, 1, &leader.member_id),
+            ResponseError::RebalanceInProgress.code()
+        );
+        assert_eq!(
+            heartbeat(&f.groups, 1, &follower.member_id),
+            ResponseError::UnknownMemberId.code()
+        );
+
+        let mut last = LeaveGroupRequest::default();
+        last.group_id = GroupId(s(G));
+        last.member_id = leader.member_id.clone();
+        let resp = f.groups.leave(last.clone(), 0);
+        encodes(&resp, 0);
+        assert_eq!(resp.error_code, 0);
+        assert_eq!(f.groups.live_groups(), 0);
+        assert_eq!(
+            f.groups.leave(last, 1).error_code,
+            ResponseError::UnknownMemberId.code()
+        );
+        let mut d = DescribeGroupsRequest::default();
+        d.groups = vec![GroupId(s(G))];
+        let described = f.groups.describe(d, 5);
+        assert_eq!(described.groups[0].group_state.as_str(), "Dead");
+        assert_eq!(described.groups[0].error_code, 0);
+    }
+
+    #[tokio::test]
+    async fn member_id_required_from_v4_and_direct_admission_before() {
+        let f = fixture(config());
+        let first = f
+            .groups
+            .join_as(
+                join_req("", SESSION_MS, RANGE),
+                4,
+                ClientMeta {
+                    client_id: "kcat".into(),
+                    client_host: String::new(),
+                },
+            )
+            .await;
+        assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
+        assert!(
+            first.member_id.starts_with("kcat-"),
+            "{:?}",
+            first.member_id
+        );
+        encodes(&first, 4);
+        // A made-up member id is refused.
+        let bogus = f
+            .groups
+            .join(join_req("kcat-made-up", SESSION_MS, RANGE), 4)
+            .await;
+        assert_eq!(bogus.error_code, ResponseError::UnknownMemberId.code());
+        let joined = f
+            .groups
+            .join(join_req(&first.member_id, SESSION_MS, RANGE), 4)
+            .await;
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+        assert_eq!(joined.member_id, first.member_id);
+
+        let other = fixture(config());
+        let direct = other.groups.join(join_req("", SESSION_MS, RANGE), 3).await;
+        assert_eq!((direct.error_code, direct.generation_id), (0, 1));
+        assert!(!direct.member_id.is_empty());
+        // An unknown group does not accept a member id it never gave.
+        let mut stale = join_req("stale", SESSION_MS, RANGE);
+        stale.group_id = GroupId(s("other"));
+        let r = other.groups.join(stale, 3).await;
+        assert_eq!(r.error_code, ResponseError::UnknownMemberId.code());
+        assert_eq!(other.groups.state("other"), None);
+    }
+}
