@@ -93,6 +93,32 @@ impl LineageDecl {
     }
 }
 
+/// Default Kafka listener address when the `kafka` section enables it without one.
+pub const KAFKA_LISTEN_DEFAULT: &str = "127.0.0.1:9092";
+/// Most partitions a Kafka auto-created topic may be given.
+pub const KAFKA_DEFAULT_PARTITIONS_MAX: u32 = 1024;
+
+/// The `kafka` section: the Kafka wire-protocol listener (`docs/kafka.md`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaDecl {
+    /// Serve the Kafka protocol (default true when the section is present).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Where to listen (default 127.0.0.1:9092).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The `host:port` clients are told to connect to (default: the listen address).
+    #[serde(default)]
+    pub advertised: Option<String>,
+    /// Create topics that clients ask Metadata for (default true, as Kafka).
+    #[serde(default)]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics (default 1, as Kafka).
+    #[serde(default)]
+    pub default_partitions: Option<u32>,
+}
+
 /// One topic.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -241,6 +267,8 @@ pub struct Config {
     pub pipelines: Vec<Pipeline>,
     /// Lineage settings.
     pub lineage: LineageDecl,
+    /// The Kafka listener, when the section is present.
+    pub kafka: Option<KafkaDecl>,
 }
 
 /// One problem, with its path in the file.
@@ -328,10 +356,36 @@ impl Config {
             }
         };
         for key in root.keys() {
-            if !["topics", "pipelines", "lineage"].contains(&key.as_str()) {
+            if !["topics", "pipelines", "lineage", "kafka"].contains(&key.as_str()) {
                 issues.push(Issue {
                     path: key.clone(),
-                    message: "unknown section (expected `topics`, `pipelines` or `lineage`)".into(),
+                    message:
+                        "unknown section (expected `topics`, `pipelines`, `lineage` or `kafka`)"
+                            .into(),
+                });
+            }
+        }
+        let kafka = match root.get("kafka") {
+            None | Some(Value::Null) => None,
+            Some(v) => typed::<KafkaDecl>(v, "kafka").map_err(|e| issues.push(e)).ok(),
+        };
+        if let Some(k) = &kafka {
+            for (field, value) in [("listen", &k.listen), ("advertised", &k.advertised)] {
+                if let Some(v) = value
+                    && crate::serve::host_port(v).is_none()
+                {
+                    issues.push(Issue {
+                        path: format!("kafka.{field}"),
+                        message: format!("{v:?} is not host:port"),
+                    });
+                }
+            }
+            if let Some(p) = k.default_partitions
+                && !(1..=KAFKA_DEFAULT_PARTITIONS_MAX).contains(&p)
+            {
+                issues.push(Issue {
+                    path: "kafka.default_partitions".into(),
+                    message: format!("must be 1 to {KAFKA_DEFAULT_PARTITIONS_MAX}"),
                 });
             }
         }
@@ -404,6 +458,7 @@ impl Config {
                 topics,
                 pipelines,
                 lineage,
+                kafka,
             })
         } else {
             Err(Invalid(issues))

@@ -133,6 +133,8 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         http: args.http,
         config: None,
         publish_in_flight_max: gearbox_api::PUBLISH_IN_FLIGHT_MAX_DEFAULT,
+        kafka: None,
+        kafka_advertised: None,
     };
     serve(&serve_args, Some(config), move |addr| {
         let base = format!("http://{addr}");

@@ -33,6 +33,52 @@ pub struct ServeArgs {
     /// Most publish requests handled at once; more are answered 429 overloaded.
     #[arg(long, default_value_t = gearbox_api::PUBLISH_IN_FLIGHT_MAX_DEFAULT)]
     pub publish_in_flight_max: usize,
+    /// Serve the Kafka protocol here (e.g. 127.0.0.1:9092); overrides the config's
+    /// `kafka.listen` and enables the listener.
+    #[arg(long, value_name = "ADDR")]
+    pub kafka: Option<SocketAddr>,
+    /// The `host:port` Kafka clients are told to connect to (default: the listen address).
+    #[arg(long, value_name = "HOST:PORT", requires = "kafka")]
+    pub kafka_advertised: Option<String>,
+}
+
+/// Splits `host:port`.
+pub(crate) fn host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then(|| (host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// The Kafka listener's address and settings, if it is enabled by the flags or the config.
+fn kafka_settings(
+    args: &ServeArgs,
+    config: Option<&Config>,
+) -> anyhow::Result<Option<(SocketAddr, gearbox_kafka::KafkaConfig)>> {
+    let decl = config.and_then(|c| c.kafka.as_ref());
+    let listen: SocketAddr = match (args.kafka, decl) {
+        (Some(addr), _) => addr,
+        (None, Some(d)) if d.enabled.unwrap_or(true) => d
+            .listen
+            .as_deref()
+            .unwrap_or(crate::config::KAFKA_LISTEN_DEFAULT)
+            .parse()
+            .context("kafka.listen must be an IP address and port")?,
+        _ => return Ok(None),
+    };
+    let advertised = args
+        .kafka_advertised
+        .clone()
+        .or_else(|| decl.and_then(|d| d.advertised.clone()));
+    let (host, port) = match advertised {
+        Some(a) => host_port(&a).with_context(|| format!("advertised address {a:?}"))?,
+        None => (listen.ip().to_string(), listen.port()),
+    };
+    let mut k = gearbox_kafka::KafkaConfig::new(host, port);
+    if let Some(d) = decl {
+        k.auto_create_topics = d.auto_create_topics.unwrap_or(k.auto_create_topics);
+        k.default_partitions = d.default_partitions.unwrap_or(k.default_partitions);
+    }
+    Ok(Some((listen, k)))
 }
 
 /// Runs the server until a signal.
@@ -98,6 +144,26 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http))?;
+    let kafka = match kafka_settings(args, config.as_ref())? {
+        None => None,
+        Some((addr, settings)) => {
+            let kafka_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the Kafka listener {addr}"))?;
+            let advertised = format!("{}:{}", settings.advertised_host, settings.advertised_port);
+            let state = gearbox_kafka::Kafka::new(broker.clone(), settings)
+                .context("starting the Kafka listener")?;
+            tracing::info!(kafka = %kafka_listener.local_addr()?, %advertised, "serving the Kafka protocol");
+            let mut stop = shutdown_tx.subscribe();
+            Some(tokio::spawn(gearbox_kafka::server::serve(
+                kafka_listener,
+                state,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )))
+        }
+    };
     tracing::info!(
         http = %listener.local_addr()?,
         data_dir = %args.data_dir.display(),
@@ -112,6 +178,10 @@ pub(crate) async fn serve(
             let _ = shutdown_tx.send(true);
         })
         .await?;
+    if let Some(kafka) = kafka {
+        // The listener stopped accepting with the signal; its connections end with the runtime.
+        let _ = kafka.await;
+    }
     let report = runtime
         .shutdown(std::time::Duration::from_millis(PIPELINE_SHUTDOWN_MS))
         .await;
