@@ -572,11 +572,11 @@ impl Groups {
 
     /// Removes a group once it has neither members nor pending member ids.
     fn cleanup(groups: &mut HashMap<String, Group>, group_id: &str) {
-        if groups.get(group_id).is_some_and(Group::is_removable) {
-            if let Some(mut g) = groups.remove(group_id) {
-                g.state = GroupState::Dead;
-                g.wake.notify_one();
-            }
+        if groups.get(group_id).is_some_and(Group::is_removable)
+            && let Some(mut g) = groups.remove(group_id)
+        {
+            g.state = GroupState::Dead;
+            g.wake.notify_one();
         }
     }
 
@@ -2009,5 +2009,654 @@ mod tests {
         let r = other.groups.join(stale, 3).await;
         assert_eq!(r.error_code, ResponseError::UnknownMemberId.code());
         assert_eq!(other.groups.state("other"), None);
+    }
+
+    /// A topic of `partitions` partitions holding `events` events.
+    fn topic(f: &Fixture, name: &str, partitions: u32, events: usize) -> Vec<(u64, u64)> {
+        f.broker
+            .create_topic(name, partitions, Retention::FOREVER)
+            .unwrap();
+        let batch: Vec<CloudEvent> = (0..events)
+            .map(|i| CloudEvent {
+                id: format!("e{i}"),
+                source: "/test".into(),
+                ty: "t".into(),
+                specversion: "1.0".into(),
+                datacontenttype: None,
+                dataschema: None,
+                subject: None,
+                time: None,
+                extensions: BTreeMap::new(),
+                data: None,
+            })
+            .collect();
+        f.broker.publish(name, &batch).unwrap();
+        f.broker.partition_bounds(name).unwrap()
+    }
+
+    fn commit_req(
+        generation: i32,
+        member: &str,
+        topics: &[(&str, &[(i32, i64)])],
+    ) -> OffsetCommitRequest {
+        let mut r = OffsetCommitRequest::default();
+        r.group_id = GroupId(s(G));
+        r.generation_id_or_member_epoch = generation;
+        r.member_id = s(member);
+        r.topics = topics
+            .iter()
+            .map(|(name, ps)| {
+                let mut t = OffsetCommitRequestTopic::default();
+                t.name = TopicName(s(name));
+                t.partitions = ps
+                    .iter()
+                    .map(|&(p, o)| {
+                        let mut x = OffsetCommitRequestPartition::default();
+                        x.partition_index = p;
+                        x.committed_offset = o;
+                        x
+                    })
+                    .collect();
+                t
+            })
+            .collect();
+        r
+    }
+
+    async fn commit(f: &Fixture, req: OffsetCommitRequest, version: i16) -> Vec<Vec<i16>> {
+        let resp = f.groups.offset_commit(req, version).await;
+        encodes(&resp, version);
+        resp.topics
+            .iter()
+            .map(|t| t.partitions.iter().map(|p| p.error_code).collect())
+            .collect()
+    }
+
+    /// `(topic, [(partition, offset, error)])` per topic answered.
+    async fn fetch(
+        f: &Fixture,
+        topics: Option<&[(&str, &[i32])]>,
+        version: i16,
+    ) -> Vec<(String, Vec<(i32, i64, i16)>)> {
+        let mut r = OffsetFetchRequest::default();
+        r.group_id = GroupId(s(G));
+        r.topics = topics.map(|ts| {
+            ts.iter()
+                .map(|(name, ps)| {
+                    let mut t = OffsetFetchRequestTopic::default();
+                    t.name = TopicName(s(name));
+                    t.partition_indexes = ps.to_vec();
+                    t
+                })
+                .collect()
+        });
+        let resp = f.groups.offset_fetch(r, version).await;
+        encodes(&resp, version);
+        assert_eq!(resp.error_code, 0);
+        resp.topics
+            .iter()
+            .map(|t| {
+                let ps = t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.committed_offset, p.error_code))
+                    .collect();
+                (t.name.to_string(), ps)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn commit_then_fetch_round_trips_through_the_broker() {
+        let f = fixture(config());
+        let bounds = topic(&f, "orders", 2, 20);
+        let (hw0, hw1) = (
+            i64::try_from(bounds[0].1).unwrap(),
+            i64::try_from(bounds[1].1).unwrap(),
+        );
+        assert!(hw0 + hw1 == 20 && hw0 >= 2);
+        let m = done(spawn_join(&f.groups, join_req("", SESSION_MS, RANGE), 8)).await;
+        assert_eq!(m.generation_id, 1);
+        // Before the leader's sync the group is completing: no commits yet.
+        let early = commit(&f, commit_req(1, &m.member_id, &[("orders", &[(0, 1)])]), 8).await;
+        assert_eq!(early, [[ResponseError::RebalanceInProgress.code()]]);
+        done(spawn_sync(
+            &f.groups,
+            sync_req(1, &m.member_id, &[(m.member_id.as_str(), b"x")]),
+            5,
+        ))
+        .await;
+
+        let codes = commit(
+            &f,
+            commit_req(1, &m.member_id, &[("orders", &[(0, 2), (1, hw1)])]),
+            8,
+        )
+        .await;
+        assert_eq!(codes, [[0, 0]]);
+        let info = f.broker.subscription("orders", G).unwrap();
+        assert_eq!(info.positions, [2, u64::try_from(hw1).unwrap()]);
+
+        let got = fetch(&f, Some(&[("orders", &[0, 1, 7])]), 7).await;
+        assert_eq!(
+            got,
+            [(
+                "orders".to_owned(),
+                vec![(0, 2, 0), (1, hw1, 0), (7, -1, 0)]
+            )]
+        );
+        // Null topics: every topic the group has offsets for.
+        let all = fetch(&f, None, 2).await;
+        assert_eq!(all, [("orders".to_owned(), vec![(0, 2, 0), (1, hw1, 0)])]);
+        // v1: the same, without the top-level error field.
+        assert_eq!(
+            fetch(&f, Some(&[("orders", &[0])]), 1).await[0].1,
+            [(0, 2, 0)]
+        );
+        // A topic with no commits, and an unknown topic.
+        topic(&f, "quiet", 1, 0);
+        let unknown = ResponseError::UnknownTopicOrPartition.code();
+        let got = fetch(&f, Some(&[("quiet", &[0]), ("nope", &[0, 1])]), 5).await;
+        assert_eq!(got[0].1, [(0, -1, 0)]);
+        assert_eq!(got[1].1, [(0, -1, unknown), (1, -1, unknown)]);
+
+        // Wrong generation, unknown member.
+        let illegal = commit(&f, commit_req(9, &m.member_id, &[("orders", &[(0, 3)])]), 8).await;
+        assert_eq!(illegal, [[ResponseError::IllegalGeneration.code()]]);
+        let stranger = commit(&f, commit_req(1, "stranger", &[("orders", &[(0, 3)])]), 8).await;
+        assert_eq!(stranger, [[ResponseError::UnknownMemberId.code()]]);
+        // A simple commit into a group with live members is refused, as Kafka does.
+        let simple = commit(&f, commit_req(-1, "", &[("orders", &[(0, 3)])]), 2).await;
+        assert_eq!(simple, [[ResponseError::UnknownMemberId.code()]]);
+        assert_eq!(f.broker.subscription("orders", G).unwrap().positions[0], 2);
+    }
+
+    #[tokio::test]
+    async fn simple_commits_rewinds_and_bad_partitions() {
+        let f = fixture(config());
+        let bounds = topic(&f, "t", 1, 10);
+        assert_eq!(bounds, [(0, 10)]);
+        assert_eq!(
+            commit(&f, commit_req(-1, "", &[("t", &[(0, 8)])]), 2).await,
+            [[0]]
+        );
+        // A rewind (a consumer seeking back) is accepted.
+        assert_eq!(
+            commit(&f, commit_req(-1, "", &[("t", &[(0, 3)])]), 5).await,
+            [[0]]
+        );
+        assert_eq!(f.broker.group_offsets("t", G).unwrap(), Some(vec![3]));
+        assert_eq!(fetch(&f, Some(&[("t", &[0])]), 3).await[0].1, [(0, 3, 0)]);
+
+        // One bad partition does not fail the good one.
+        let mut req = commit_req(
+            -1,
+            "",
+            &[
+                ("t", &[(0, 5), (-1, 1), (4, 1), (0, -2), (0, 11)]),
+                ("missing", &[(0, 1)]),
+            ],
+        );
+        req.topics[0].partitions[0].committed_metadata = Some(s("fine"));
+        let codes = commit(&f, req, 8).await;
+        use ResponseError as E;
+        assert_eq!(
+            codes,
+            [
+                vec![
+                    0,
+                    E::UnknownTopicOrPartition.code(),
+                    E::UnknownTopicOrPartition.code(),
+                    E::InvalidCommitOffsetSize.code(),
+                    E::OffsetOutOfRange.code()
+                ],
+                vec![E::UnknownTopicOrPartition.code()],
+            ]
+        );
+        assert_eq!(f.broker.group_offsets("t", G).unwrap(), Some(vec![5]));
+        // Metadata beyond the bound (not stored, but bounded as Kafka does).
+        let mut req = commit_req(-1, "", &[("t", &[(0, 6)])]);
+        req.topics[0].partitions[0].committed_metadata = Some(StrBytes::from_string(
+            "m".repeat(COMMIT_METADATA_BYTES_MAX + 1),
+        ));
+        assert_eq!(
+            commit(&f, req, 8).await,
+            [[E::OffsetMetadataTooLarge.code()]]
+        );
+        let mut req = commit_req(-1, "", &[("t", &[(0, 6)])]);
+        req.topics[0].partitions[0].committed_metadata =
+            Some(StrBytes::from_string("m".repeat(COMMIT_METADATA_BYTES_MAX)));
+        assert_eq!(commit(&f, req, 8).await, [[0]]);
+        // A generation with no live group is stale.
+        assert_eq!(
+            commit(&f, commit_req(3, "old", &[("t", &[(0, 1)])]), 8).await,
+            [[E::IllegalGeneration.code()]]
+        );
+    }
+
+    #[tokio::test]
+    async fn describe_and_list_show_live_and_stored_groups() {
+        let f = fixture(gathering());
+        topic(&f, "t", 1, 4);
+        let mut stored = commit_req(-1, "", &[("t", &[(0, 2)])]);
+        stored.group_id = GroupId(s("offsets-only"));
+        assert_eq!(commit(&f, stored, 8).await, [[0]]);
+        let (leader, follower) = stable_pair(&f.groups, 6).await;
+
+        let mut d = DescribeGroupsRequest::default();
+        d.groups = ["g", "offsets-only", "unknown"]
+            .iter()
+            .map(|id| GroupId(s(id)))
+            .collect();
+        let resp = f.groups.describe(d, 5);
+        encodes(&resp, 5);
+        let [live, only, unknown] = &resp.groups[..] else {
+            panic!("three groups")
+        };
+        assert_eq!(
+            (
+                live.group_state.as_str(),
+                live.protocol_type.as_str(),
+                live.protocol_data.as_str()
+            ),
+            ("Stable", "consumer", "sticky")
+        );
+        assert_eq!(live.members.len(), 2);
+        let lm = live
+            .members
+            .iter()
+            .find(|m| m.member_id == leader.member_id)
+            .unwrap();
+        assert_eq!(
+            (lm.client_id.as_str(), lm.client_host.as_str()),
+            ("rdkafka", "/127.0.0.1")
+        );
+        assert_eq!(lm.member_assignment, Bytes::from_static(b"A"));
+        let fm = live
+            .members
+            .iter()
+            .find(|m| m.member_id == follower.member_id)
+            .unwrap();
+        assert_eq!(fm.member_assignment, Bytes::from_static(b"B"));
+        assert!(!fm.member_metadata.is_empty());
+        assert_eq!(
+            (
+                only.group_state.as_str(),
+                only.protocol_type.as_str(),
+                only.error_code
+            ),
+            ("Empty", "consumer", 0)
+        );
+        assert_eq!(
+            (unknown.group_state.as_str(), unknown.error_code),
+            ("Dead", 0)
+        );
+
+        let listed = |version, filter: &[&str]| {
+            let mut r = ListGroupsRequest::default();
+            if version >= 4 {
+                r.states_filter = filter.iter().map(|x| s(x)).collect();
+            }
+            let resp = f.groups.list(r, version);
+            encodes(&resp, version);
+            resp.groups
+                .iter()
+                .map(|g| (g.group_id.to_string(), g.group_state.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            listed(0, &[]),
+            [
+                ("g".to_owned(), String::new()),
+                ("offsets-only".to_owned(), String::new())
+            ]
+        );
+        assert_eq!(
+            listed(4, &[]),
+            [
+                ("g".to_owned(), "Stable".to_owned()),
+                ("offsets-only".to_owned(), "Empty".to_owned())
+            ]
+        );
+        assert_eq!(
+            listed(4, &["stable"]),
+            [("g".to_owned(), "Stable".to_owned())]
+        );
+        // Once the live group also has offsets, it is still listed once.
+        let c = commit(&f, commit_req(1, &leader.member_id, &[("t", &[(0, 1)])]), 8).await;
+        assert_eq!(c, [[0]]);
+        assert_eq!(listed(3, &[]).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn inconsistent_protocols_and_bad_session_timeouts_are_refused() {
+        let f = fixture(config());
+        let a = done(spawn_join(&f.groups, join_req("", SESSION_MS, RANGE), 3)).await;
+        assert_eq!(a.error_code, 0);
+        let other = f
+            .groups
+            .join(join_req("", SESSION_MS, &[("roundrobin", b"")]), 3)
+            .await;
+        assert_eq!(
+            other.error_code,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+        let none = f.groups.join(join_req("", SESSION_MS, &[]), 3).await;
+        assert_eq!(
+            none.error_code,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+        let mut wrong_type = join_req("", SESSION_MS, RANGE);
+        wrong_type.protocol_type = s("connect");
+        let r = f.groups.join(wrong_type, 3).await;
+        assert_eq!(
+            r.error_code,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+        for ms in [9, 300_001] {
+            let r = f.groups.join(join_req("", ms, RANGE), 3).await;
+            assert_eq!(r.error_code, ResponseError::InvalidSessionTimeout.code());
+        }
+        assert_eq!(f.groups.lock()[G].members.len(), 1);
+    }
+
+    #[test]
+    fn protocol_choice_follows_the_members_votes() {
+        let mut g = Group::new(0);
+        let now = Instant::now();
+        for (id, protocols) in [
+            ("a", &["range", "sticky", "rr"][..]),
+            ("b", &["sticky", "rr"]),
+            ("c", &["rr", "sticky", "range"]),
+        ] {
+            let seq = g.seq_next;
+            g.seq_next += 1;
+            g.members.insert(
+                id.into(),
+                Member {
+                    instance_id: None,
+                    client_id: String::new(),
+                    client_host: String::new(),
+                    session_timeout: Duration::from_secs(1),
+                    rebalance_timeout: Duration::from_secs(1),
+                    protocols: protocols
+                        .iter()
+                        .map(|p| ((*p).to_owned(), Bytes::new()))
+                        .collect(),
+                    assignment: Bytes::new(),
+                    last_seen: now,
+                    seq,
+                    join_tx: None,
+                    sync_tx: None,
+                },
+            );
+        }
+        // Common: sticky and rr; a and b vote sticky, c votes rr.
+        assert_eq!(g.select_protocol().as_deref(), Some("sticky"));
+        g.members.remove("b");
+        // All three are common now; a tie (a: range, c: rr) goes to the earliest member's
+        // preference.
+        assert_eq!(g.select_protocol().as_deref(), Some("range"));
+    }
+
+    #[tokio::test]
+    async fn bound_live_groups() {
+        let f = fixture(GroupConfig {
+            groups_max: 2,
+            ..config()
+        });
+        for id in ["g1", "g2"] {
+            let mut r = join_req("", SESSION_MS, RANGE);
+            r.group_id = GroupId(s(id));
+            assert_eq!(done(spawn_join(&f.groups, r, 3)).await.error_code, 0);
+        }
+        let mut r = join_req("", SESSION_MS, RANGE);
+        r.group_id = GroupId(s("g3"));
+        assert_eq!(
+            f.groups.join(r, 3).await.error_code,
+            ResponseError::CoordinatorNotAvailable.code()
+        );
+        assert_eq!(f.groups.live_groups(), 2);
+    }
+
+    #[tokio::test]
+    async fn bound_members_per_group_counts_pending_ids() {
+        let f = fixture(GroupConfig {
+            group_members_max: 2,
+            ..gathering()
+        });
+        let a = f.groups.join(join_req("", SESSION_MS, RANGE), 4).await;
+        let b = f.groups.join(join_req("", SESSION_MS, RANGE), 4).await;
+        assert_eq!((a.error_code, b.error_code), (79, 79));
+        let c = f.groups.join(join_req("", SESSION_MS, RANGE), 4).await;
+        assert_eq!(c.error_code, ResponseError::GroupMaxSizeReached.code());
+        // The pending ids still get in.
+        let a = spawn_join(&f.groups, join_req(&a.member_id, SESSION_MS, RANGE), 4);
+        let b = spawn_join(&f.groups, join_req(&b.member_id, SESSION_MS, RANGE), 4);
+        let (a, b) = (done(a).await, done(b).await);
+        assert_eq!((a.error_code, b.error_code), (0, 0));
+        assert_eq!((a.generation_id, b.generation_id), (1, 1));
+        let c = f.groups.join(join_req("", SESSION_MS, RANGE), 3).await;
+        assert_eq!(c.error_code, ResponseError::GroupMaxSizeReached.code());
+    }
+
+    #[tokio::test]
+    async fn pending_member_ids_expire_and_the_group_is_dropped() {
+        let f = fixture(config());
+        let r = f.groups.join(join_req("", 50, RANGE), 4).await;
+        assert_eq!(r.error_code, 79);
+        assert_eq!(f.groups.live_groups(), 1);
+        wait_for("the pending id to expire", || f.groups.live_groups() == 0).await;
+        let late = f.groups.join(join_req(&r.member_id, 50, RANGE), 4).await;
+        assert_eq!(late.error_code, ResponseError::UnknownMemberId.code());
+    }
+
+    #[tokio::test]
+    async fn bound_metadata_assignment_and_group_id_sizes() {
+        let f = fixture(config());
+        let big = vec![0u8; MEMBER_METADATA_BYTES_MAX];
+        let r = f
+            .groups
+            .join(join_req("", SESSION_MS, &[("range", &big)]), 3)
+            .await;
+        assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+        let fits = vec![0u8; MEMBER_METADATA_BYTES_MAX - "range".len()];
+        let m = done(spawn_join(
+            &f.groups,
+            join_req("", SESSION_MS, &[("range", &fits)]),
+            3,
+        ))
+        .await;
+        assert_eq!(m.error_code, 0);
+
+        let too_big = vec![0u8; MEMBER_ASSIGNMENT_BYTES_MAX + 1];
+        let s1 = done(spawn_sync(
+            &f.groups,
+            sync_req(1, &m.member_id, &[(m.member_id.as_str(), &too_big)]),
+            3,
+        ))
+        .await;
+        assert_eq!(s1.error_code, ResponseError::InvalidRequest.code());
+        assert_eq!(f.groups.state(G), Some(GroupState::PreparingRebalance));
+        let m = done(spawn_join(
+            &f.groups,
+            join_req(&m.member_id, SESSION_MS, &[("range", &fits)]),
+            3,
+        ))
+        .await;
+        assert_eq!(m.generation_id, 2);
+        let max = vec![1u8; MEMBER_ASSIGNMENT_BYTES_MAX];
+        let s2 = done(spawn_sync(
+            &f.groups,
+            sync_req(2, &m.member_id, &[(m.member_id.as_str(), &max)]),
+            3,
+        ))
+        .await;
+        assert_eq!(
+            (s2.error_code, s2.assignment.len()),
+            (0, MEMBER_ASSIGNMENT_BYTES_MAX)
+        );
+
+        let mut long = join_req("", SESSION_MS, RANGE);
+        long.group_id = GroupId(StrBytes::from_string("x".repeat(GROUP_ID_BYTES_MAX + 1)));
+        assert_eq!(
+            f.groups.join(long.clone(), 3).await.error_code,
+            ResponseError::InvalidGroupId.code()
+        );
+        long.group_id = GroupId(StrBytes::from_string("x".repeat(GROUP_ID_BYTES_MAX)));
+        assert_eq!(done(spawn_join(&f.groups, long, 3)).await.error_code, 0);
+        for bad in ["", "a/b", "tab\t"] {
+            let mut r = join_req("", SESSION_MS, RANGE);
+            r.group_id = GroupId(s(bad));
+            assert_eq!(
+                f.groups.join(r, 3).await.error_code,
+                ResponseError::InvalidGroupId.code(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_and_heartbeat_check_member_and_generation() {
+        let f = fixture(config());
+        let m = done(spawn_join(&f.groups, join_req("", SESSION_MS, RANGE), 5)).await;
+        let e = |r: ResponseError| r.code();
+        assert_eq!(
+            heartbeat(&f.groups, 2, &m.member_id),
+            e(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(
+            heartbeat(&f.groups, 1, &s("who")),
+            e(ResponseError::UnknownMemberId)
+        );
+        // Heartbeats while the leader's sync is awaited are fine.
+        assert_eq!(heartbeat(&f.groups, 1, &m.member_id), 0);
+        let bad_gen = done(spawn_sync(&f.groups, sync_req(0, &m.member_id, &[]), 4)).await;
+        assert_eq!(bad_gen.error_code, e(ResponseError::IllegalGeneration));
+        let stranger = done(spawn_sync(&f.groups, sync_req(1, "who", &[]), 4)).await;
+        assert_eq!(stranger.error_code, e(ResponseError::UnknownMemberId));
+        let mut wrong_protocol = sync_req(1, &m.member_id, &[]);
+        wrong_protocol.protocol_name = Some(s("sticky"));
+        let r = done(spawn_sync(&f.groups, wrong_protocol, 5)).await;
+        assert_eq!(r.error_code, e(ResponseError::InconsistentGroupProtocol));
+        let mut other_group = sync_req(1, &m.member_id, &[]);
+        other_group.group_id = GroupId(s("elsewhere"));
+        let r = done(spawn_sync(&f.groups, other_group, 4)).await;
+        assert_eq!(r.error_code, e(ResponseError::UnknownMemberId));
+    }
+
+    #[tokio::test]
+    async fn static_members_are_admitted_replaced_and_fenced() {
+        let f = fixture(config());
+        let mut req = join_req("", SESSION_MS, RANGE);
+        req.group_instance_id = Some(s("host-1"));
+        // No MEMBER_ID_REQUIRED round for a static member.
+        let first = f.groups.join(req.clone(), 5).await;
+        assert_eq!((first.error_code, first.generation_id), (0, 1));
+        encodes(&first, 5);
+        assert_eq!(
+            first.members[0].group_instance_id.as_deref(),
+            Some("host-1")
+        );
+        // The same instance restarting replaces the old member id.
+        let second = f.groups.join(req, 5).await;
+        assert_eq!((second.error_code, second.generation_id), (0, 2));
+        assert_ne!(second.member_id, first.member_id);
+        let mut hb = HeartbeatRequest::default();
+        hb.group_id = GroupId(s(G));
+        hb.generation_id = 2;
+        hb.member_id = first.member_id.clone();
+        hb.group_instance_id = Some(s("host-1"));
+        assert_eq!(
+            f.groups.heartbeat(hb.clone(), 3).error_code,
+            ResponseError::FencedInstanceId.code()
+        );
+        hb.member_id = second.member_id.clone();
+        assert_eq!(f.groups.heartbeat(hb, 3).error_code, 0);
+        // Leaving by instance id alone.
+        let mut leave = LeaveGroupRequest::default();
+        leave.group_id = GroupId(s(G));
+        let mut who = MemberIdentity::default();
+        who.group_instance_id = Some(s("host-1"));
+        leave.members = vec![who];
+        let resp = f.groups.leave(leave, 4);
+        encodes(&resp, 4);
+        assert_eq!(resp.members[0].error_code, 0);
+        assert_eq!(f.groups.live_groups(), 0);
+    }
+
+    /// One member through join, sync, heartbeat, commit, fetch, describe, list and leave, at
+    /// every version advertised: each response must encode at its version.
+    #[tokio::test]
+    async fn every_advertised_version_encodes() {
+        let f = fixture(config());
+        topic(&f, "t", 1, 3);
+        let range = |key: ApiKey| {
+            Groups::versions()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .unwrap()
+                .1
+        };
+        for join_v in range(ApiKey::JoinGroup).min..=range(ApiKey::JoinGroup).max {
+            let m = done(spawn_join(
+                &f.groups,
+                join_req("", SESSION_MS, RANGE),
+                join_v,
+            ))
+            .await;
+            assert_eq!((m.error_code, m.generation_id), (0, 1), "v{join_v}");
+            let sync_v = join_v.min(range(ApiKey::SyncGroup).max);
+            let sy = done(spawn_sync(
+                &f.groups,
+                sync_req(1, &m.member_id, &[(m.member_id.as_str(), b"x")]),
+                sync_v,
+            ))
+            .await;
+            assert_eq!(sy.error_code, 0);
+            for hb_v in 0..=range(ApiKey::Heartbeat).max {
+                let mut hb = HeartbeatRequest::default();
+                hb.group_id = GroupId(s(G));
+                hb.generation_id = 1;
+                hb.member_id = m.member_id.clone();
+                let r = f.groups.heartbeat(hb, hb_v);
+                encodes(&r, hb_v);
+                assert_eq!(r.error_code, 0);
+            }
+            for v in range(ApiKey::OffsetCommit).min..=range(ApiKey::OffsetCommit).max {
+                assert_eq!(
+                    commit(&f, commit_req(1, &m.member_id, &[("t", &[(0, 2)])]), v).await,
+                    [[0]]
+                );
+            }
+            for v in range(ApiKey::OffsetFetch).min..=range(ApiKey::OffsetFetch).max {
+                assert_eq!(fetch(&f, Some(&[("t", &[0])]), v).await[0].1, [(0, 2, 0)]);
+            }
+            for v in 0..=range(ApiKey::DescribeGroups).max {
+                let mut d = DescribeGroupsRequest::default();
+                d.groups = vec![GroupId(s(G))];
+                let r = f.groups.describe(d, v);
+                encodes(&r, v);
+                assert_eq!(r.groups[0].group_state.as_str(), "Stable");
+            }
+            for v in 0..=range(ApiKey::ListGroups).max {
+                let r = f.groups.list(ListGroupsRequest::default(), v);
+                encodes(&r, v);
+                assert_eq!(r.groups.len(), 1);
+            }
+            let leave_v = join_v.min(range(ApiKey::LeaveGroup).max);
+            let mut leave = LeaveGroupRequest::default();
+            leave.group_id = GroupId(s(G));
+            if leave_v >= 3 {
+                let mut who = MemberIdentity::default();
+                who.member_id = m.member_id.clone();
+                leave.members = vec![who];
+            } else {
+                leave.member_id = m.member_id.clone();
+            }
+            let r = f.groups.leave(leave, leave_v);
+            encodes(&r, leave_v);
+            assert_eq!(f.groups.live_groups(), 0, "v{join_v}");
+        }
     }
 }
