@@ -4,11 +4,13 @@ read back with committed(), and seeking by timestamp.
 
 usage: confluent_group.py BOOTSTRAP TOPIC GROUP
 
-Phases, each over its own batch of keyed records so that every record has one owner:
-1. AdminClient creates TOPIC with 3 partitions; an idempotent producer (acks=all) writes batch A.
+Phases, each over its own batch of keyed records, produced once the group settled, so that
+every record has one owner:
+1. AdminClient creates TOPIC with 3 partitions.
 2. Members m1 and m2 join GROUP; once their assignment is settled (disjoint, covering all three
-   partitions, nobody empty) they read batch A: every record exactly once, by the member that
-   owns its partition. Each commits synchronously; committed() returns the commit.
+   partitions, nobody empty) an idempotent producer (acks=all) writes batch A, and they read it:
+   every record exactly once, by the member that owns its partition. Each commits
+   synchronously; committed() returns the commit.
 3. m3 joins: the group settles on one partition each; batch B is read the same way and committed.
 4. m1 leaves (close()): the two left settle on all three partitions; batch C, likewise.
 5. offsets_for_times finds, for a time inside batch C, the first record at or after it in each
@@ -242,16 +244,15 @@ def main():
           f"{topic} has {len(meta.topics[topic].partitions)} partitions after CreateTopics")
 
     t0 = int(time.time() * 1000) - 3 * BATCH_RECORDS * TIME_STEP_MS
-    batch_a = produce(bootstrap, topic, 0, BATCH_RECORDS, t0)
-    for p in range(PARTITIONS):
-        check(any(q == p for q, _ in batch_a), f"no record of batch A went to partition {p}")
-
     members = {"m1": member(bootstrap, group, topic, "m1"),
                "m2": member(bootstrap, group, topic, "m2")}
     phases = []
     try:
         owners = settle(members, "two members")
         phases.append(owners)
+        batch_a = produce(bootstrap, topic, 0, BATCH_RECORDS, t0)
+        for p in range(PARTITIONS):
+            check(any(q == p for q, _ in batch_a), f"no record of batch A went to partition {p}")
         read_batch(members, {p: n for n, ps in owners.items() for p in ps}, batch_a, "batch A")
 
         members["m3"] = member(bootstrap, group, topic, "m3")

@@ -21,13 +21,13 @@
 
 mod support;
 
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use support::{free_port, Server};
+use support::{Server, free_port};
 
 /// How long one client script may run; each script also has its own, shorter deadline.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -82,22 +82,42 @@ fn python(script: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// Waits for `child` with a deadline, killing it on overrun; returns its output.
+/// Waits for `child` with a deadline, killing it on overrun; returns its output. Its piped
+/// stdout (unless taken) and stderr are drained meanwhile, so a chatty child never blocks on a
+/// full pipe.
 fn wait_bounded(mut child: Child, what: &str, timeout: Duration) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
+            let _ = child.wait();
             panic!(
                 "{what} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stdout.join().unwrap()),
+                String::from_utf8_lossy(&stderr.join().unwrap())
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
-    child.wait_with_output().unwrap()
 }
 
 /// The `summary {json}` line of a script's stdout.
@@ -174,7 +194,10 @@ fn confluent_kafka_idempotent_producer_group_rebalances_commits_and_seek_by_time
 
     assert_eq!(sum["records"], 270, "{sum}");
     let phases = sum["assignments"].as_array().unwrap();
-    let members: Vec<usize> = phases.iter().map(|p| p.as_object().unwrap().len()).collect();
+    let members: Vec<usize> = phases
+        .iter()
+        .map(|p| p.as_object().unwrap().len())
+        .collect();
     assert_eq!(
         members,
         [2, 3, 2],
@@ -219,7 +242,13 @@ fn seed_003_consumer_loop_resumes_after_its_last_commit() {
     // Run 1 stops after processing its 25th event and before committing it.
     let first = ids(&run_script(
         "seed_consumer_loop.py",
-        &["consume", &s.bootstrap, topic, group, &FIRST_RUN.to_string()],
+        &[
+            "consume",
+            &s.bootstrap,
+            topic,
+            group,
+            &FIRST_RUN.to_string(),
+        ],
         &s,
     ));
     assert_eq!(first.len(), FIRST_RUN);
@@ -372,7 +401,10 @@ fn produce_through_kills(s: &mut KafkaServer, topic: &str, records: u32, kill_at
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| {
-                panic!("the producer stopped reporting before {at} acks; log:\n{}", s.server.log_text())
+                panic!(
+                    "the producer stopped reporting before {at} acks; log:\n{}",
+                    s.server.log_text()
+                )
             });
         let acked = line
             .strip_prefix("acked ")
