@@ -1626,15 +1626,17 @@ impl Broker {
         name: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), BrokerError> {
-        self.commit_cursor(topic, name, offsets, false)
+        self.commit_cursor(topic, name, offsets, false, Vec::new())
     }
 
+    /// Commits cursor offsets; `also` is written in the same transaction.
     fn commit_cursor(
         &self,
         topic: &str,
         name: &str,
         offsets: &[(u32, u64)],
         rewind: bool,
+        also: Vec<Write>,
     ) -> Result<(), BrokerError> {
         let entry = self.require(topic)?;
         let sub = self.sub(topic, name)?;
@@ -1650,30 +1652,32 @@ impl Broker {
         let writes = s
             .commit_checked(offsets, &bounds, rewind)
             .map_err(|e| match e {
-            CommitError::Regression {
-                partition,
-                committed,
-                requested,
-            } => BrokerError::CommitRegression {
-                partition,
-                committed,
-                requested,
-            },
-            CommitError::OutOfRange {
-                partition,
-                requested,
-            } => match bounds.get(partition as usize) {
-                Some(&(log_start_offset, high_watermark)) => BrokerError::OffsetOutOfRange {
-                    requested,
-                    log_start_offset,
-                    high_watermark,
-                },
-                None => BrokerError::PartitionNotFound {
-                    topic: topic.into(),
+                CommitError::Regression {
                     partition,
+                    committed,
+                    requested,
+                } => BrokerError::CommitRegression {
+                    partition,
+                    committed,
+                    requested,
                 },
-            },
-        })?;
+                CommitError::OutOfRange {
+                    partition,
+                    requested,
+                } => match bounds.get(partition as usize) {
+                    Some(&(log_start_offset, high_watermark)) => BrokerError::OffsetOutOfRange {
+                        requested,
+                        log_start_offset,
+                        high_watermark,
+                    },
+                    None => BrokerError::PartitionNotFound {
+                        topic: topic.into(),
+                        partition,
+                    },
+                },
+            })?;
+        let mut writes = writes;
+        writes.extend(also);
         self.store.apply(&writes)?;
         Ok(())
     }

@@ -7,6 +7,8 @@ use super::{Broker, BrokerError, lock};
 use crate::dedup::{Key, Position};
 use crate::event::CloudEvent;
 use crate::lineage::{HopKind, PlacementLines};
+use crate::registry::Verdict;
+use crate::store::{self, Write};
 use crate::subscription::{Mode, Settings, Start};
 use gearbox_log::Batches;
 use gearbox_log::batch::{self, Record};
@@ -15,6 +17,20 @@ use gearbox_log::batch::{self, Record};
 /// committed yet (Kafka clients apply their own `auto.offset.reset` only when a group has no
 /// commit at all for the topic; see `docs/kafka.md`).
 pub const KAFKA_GROUP_START: Start = Start::Earliest;
+
+/// Marker rows kept with a group's subscription (in the positions table, under partition
+/// numbers no topic has: at most `PARTITIONS_PER_TOPIC_MAX` partitions exist): the
+/// subscription was created by a group commit, and partition `p` was committed by the group.
+const GROUP_CREATED: u32 = u32::MAX;
+const COMMITTED: u32 = 1 << 31;
+const _: () = assert!(gearbox_log::PARTITIONS_PER_TOPIC_MAX < COMMITTED);
+
+fn mark(topic: &str, group: &str, row: u32) -> Write {
+    Write::SetPosition {
+        key: store::partition_key(topic, group, row),
+        offset: 1,
+    }
+}
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +104,7 @@ impl Broker {
             Vec::new()
         };
         if enforced {
-            self.validate(topic, &events, &[])?;
+            self.validate_records(topic, &records, &events)?;
         }
         let appended = part.append(bytes)?;
         let now = self.clock.now_ms();
@@ -132,6 +148,60 @@ impl Broker {
         })
     }
 
+    /// Schema checks of produced records: a value in the Confluent wire format against the
+    /// schema its id names ([`crate::registry::framed`]), any other record as its event.
+    fn validate_records(
+        &self,
+        topic: &str,
+        records: &[Record],
+        events: &[CloudEvent],
+    ) -> Result<(), BrokerError> {
+        let mut framed = self.registry.framed(topic);
+        let mut plain = Vec::new();
+        for (index, r) in records.iter().enumerate() {
+            match r.value.as_deref().and_then(|v| framed.check(v)) {
+                None => plain.push(index),
+                Some(Verdict::Invalid {
+                    subject,
+                    version,
+                    violations,
+                }) => {
+                    return Err(BrokerError::SchemaViolation {
+                        index,
+                        subject,
+                        version,
+                        violations,
+                    });
+                }
+                Some(Verdict::Unregistered { subject }) => {
+                    return Err(BrokerError::SchemaRequired { index, subject });
+                }
+                Some(Verdict::Valid { .. } | Verdict::Unchecked) => {}
+            }
+        }
+        let unframed: Vec<CloudEvent> = plain.iter().map(|&i| events[i].clone()).collect();
+        self.validate(topic, &unframed, &[]).map_err(|e| match e {
+            // Name the record by its index in the batch, not among the unframed ones.
+            BrokerError::SchemaViolation {
+                index,
+                subject,
+                version,
+                violations,
+            } => BrokerError::SchemaViolation {
+                index: plain[index],
+                subject,
+                version,
+                violations,
+            },
+            BrokerError::SchemaRequired { index, subject } => BrokerError::SchemaRequired {
+                index: plain[index],
+                subject,
+            },
+            other => other,
+        })?;
+        Ok(())
+    }
+
     /// Stored batches of `partition` from the one holding `offset`, up to about `max_bytes`
     /// (always one whole batch when `offset` is below the high-water mark), exactly as on disk.
     ///
@@ -158,15 +228,38 @@ impl Broker {
         Ok(Self::bounds(&entry))
     }
 
-    /// The committed offsets of the cursor subscription `topic/group`, one per partition, or
-    /// `None` when there is none. A queue-mode subscription of that name answers with its
-    /// floors.
+    /// The committed offsets of the subscription `topic/group`, one per partition, or `None`
+    /// when there is none. A partition is `None` when the group has never committed it and the
+    /// subscription was created by a group commit (a Kafka client then applies its own
+    /// `auto.offset.reset`); a subscription created otherwise answers with its positions for
+    /// every partition (a queue-mode one with its floors).
     ///
     /// # Errors
-    /// [`BrokerError::TopicNotFound`].
-    pub fn group_offsets(&self, topic: &str, group: &str) -> Result<Option<Vec<u64>>, BrokerError> {
+    /// [`BrokerError::TopicNotFound`], or the state store could not be read.
+    pub fn group_offsets(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Option<Vec<Option<u64>>>, BrokerError> {
         self.require(topic)?;
-        Ok(self.sub(topic, group).ok().map(|s| lock(&s).positions()))
+        let Ok(sub) = self.sub(topic, group) else {
+            return Ok(None);
+        };
+        let positions = lock(&sub).positions();
+        let by_group = self
+            .store
+            .position(&store::partition_key(topic, group, GROUP_CREATED))?
+            .is_some();
+        let mut out = Vec::with_capacity(positions.len());
+        for (p, position) in positions.into_iter().enumerate() {
+            let committed = !by_group
+                || self
+                    .store
+                    .position(&store::partition_key(topic, group, COMMITTED | p as u32))?
+                    .is_some();
+            out.push(committed.then_some(position));
+        }
+        Ok(Some(out))
     }
 
     /// Commits a consumer group's offsets for `topic`: into the cursor subscription
@@ -183,15 +276,23 @@ impl Broker {
         group: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), BrokerError> {
+        let mut marks = Vec::new();
         if self.sub(topic, group).is_err() {
             let mut settings = Settings::defaults(Mode::Cursor);
             settings.start = KAFKA_GROUP_START;
             match self.put_subscription(topic, group, settings) {
-                Ok(_) | Err(BrokerError::SubscriptionConflict { .. }) => {}
+                Ok(true) => marks.push(mark(topic, group, GROUP_CREATED)),
+                Ok(false) | Err(BrokerError::SubscriptionConflict { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.commit_cursor(topic, group, offsets, true)
+        // Rows under the subscription's key, so deleting it deletes them.
+        marks.extend(
+            offsets
+                .iter()
+                .map(|&(p, _)| mark(topic, group, COMMITTED | p)),
+        );
+        self.commit_cursor(topic, group, offsets, true, marks)
     }
 
     /// Names of the subscriptions of every topic, as `(topic, name)` (the Kafka side lists
