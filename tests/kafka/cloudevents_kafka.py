@@ -6,7 +6,8 @@ usage: cloudevents_kafka.py HTTP_URL BOOTSTRAP TOPIC
    Kafka record: `ce_specversion`, `ce_id`, `ce_source`, `ce_type` headers, `content-type`
    from `datacontenttype`, the data as the value, `partitionkey` as the key.
 2. A record produced with `ce_*` headers reads over HTTP (GET .../partitions/P/events) as that
-   event: same id, source, type, data and extension.
+   event: same id, source, type, data and extension; and the same source and id POSTed over
+   HTTP afterwards is a duplicate of that record.
 3. A plain record (no `ce_*` headers) reads over HTTP with the documented mapping: id
    `<topic>-<p>-<offset>`, source `/gearbox/topics/<topic>/partitions/<p>`, type
    `kafka.record`, time the record timestamp, partitionkey the key, data the value (JSON
@@ -126,6 +127,15 @@ def kafka_to_http(base, bootstrap, topic):
     }
     for k, v in want.items():
         check(e.get(k) == v, f"event attribute {k} is {e.get(k)!r}, want {v!r}; event: {e}")
+    # The record entered the deduplication window: the same source and id over HTTP is a
+    # duplicate of it.
+    again = {k: v for k, v in want.items() if k != "traceparent"}
+    status, body = http("POST", f"{base}/v1/topics/{topic}/events",
+                        json.dumps(again).encode(), "application/cloudevents+json")
+    check(status == 201, f"POST of the same event over HTTP: {status} {body}")
+    check(body["results"][0] == {"id": "from-kafka-1", "partition": p, "offset": o,
+                                 "duplicate": True},
+          f"the same source and id over HTTP is not a duplicate of {p}@{o}: {body}")
 
 
 def plain_to_http(base, bootstrap, topic):
