@@ -401,6 +401,7 @@ fn produce_through_kills(s: &mut KafkaServer, topic: &str, records: u32, kill_at
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| {
+                let _ = child.kill();
                 panic!(
                     "the producer stopped reporting before {at} acks; log:\n{}",
                     s.server.log_text()
