@@ -162,6 +162,7 @@ pub async fn produce(
             }
             Err(refusal) => {
                 tracing::debug!(partition = index, code = refusal.code, message = %refusal.message, "kafka produce refused");
+                kafka.stats.produce_error(refusal.code);
                 r.error_code = refusal.code;
                 r.base_offset = -1;
                 if version >= 8 {
