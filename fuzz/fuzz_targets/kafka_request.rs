@@ -20,11 +20,11 @@
 //! FIXME(KI-6, docs/testing.md): kafka-protocol 0.18 decodes an array by reserving
 //! `Vec::with_capacity(n)` for the element count `n` read off the wire, before decoding any
 //! element, so a ~100-byte request declaring 2^31 elements asks for hundreds of GB and the
-//! process aborts (`rust_oom`): one unauthenticated request takes the listener down. Until the
-//! codec bounds `n` by the bytes left, this target serves allocations of [`HUGE_BYTES`] or more
-//! from a lazily mapped, unreserved region (never touched, so it costs nothing) and asserts
-//! that a request that needed one was refused (the decoder then runs out of bytes and the
-//! connection is closed). Everything else is checked as usual.
+//! process would abort (`rust_oom`). Until the codec bounds `n` by the bytes left, processes
+//! that serve the listener install `gearbox_kafka::alloc::ReserveHuge` (huge allocations are
+//! lazily reserved, never touched), as this target does; it asserts that a request that needed
+//! such a reservation was refused (the decoder runs out of bytes and the connection is
+//! closed). Everything else is checked as usual.
 
 #![no_main]
 
@@ -33,98 +33,14 @@ use gearbox_core::broker::{Broker, BrokerConfig};
 use gearbox_kafka::server::{Outcome, handle};
 use gearbox_kafka::{Kafka, KafkaConfig};
 use libfuzzer_sys::fuzz_target;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use gearbox_kafka::alloc::{ReserveHuge, huge_allocations};
+use std::alloc::System;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Allocations at least this large are served by [`LazyHuge`] and counted.
-const HUGE_BYTES: usize = 1 << 30;
-/// Page size bound on the alignment `mmap` guarantees.
-const PAGE_BYTES: usize = 4096;
-
-static HUGE_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-/// The system allocator, except that huge allocations are anonymous `MAP_NORESERVE` mappings:
-/// the kernel hands out address space without committing memory, so an untouched reservation
-/// is free instead of fatal. See the module's FIXME.
-struct LazyHuge;
-
-fn is_huge(layout: Layout) -> bool {
-    layout.size() >= HUGE_BYTES && layout.align() <= PAGE_BYTES
-}
-
-fn map(size: usize) -> *mut u8 {
-    HUGE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: a new private anonymous mapping; no existing memory is involved. Its pages read
-    // as zero, and `mmap` returns page-aligned addresses (`is_huge` checked the alignment).
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        std::ptr::null_mut()
-    } else {
-        p.cast()
-    }
-}
-
-// SAFETY: every pointer comes from `System` or from `map` and goes back to the same one, chosen
-// by the same `is_huge(layout)` test on the layout it was allocated with.
-unsafe impl GlobalAlloc for LazyHuge {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if is_huge(layout) {
-            return map(layout.size());
-        }
-        // SAFETY: forwarded as the caller gave it.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if is_huge(layout) {
-            // Fresh anonymous pages are already zero.
-            return map(layout.size());
-        }
-        // SAFETY: forwarded as the caller gave it.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if is_huge(layout) {
-            // SAFETY: `ptr` is a mapping of `layout.size()` bytes made by `map`.
-            unsafe { libc::munmap(ptr.cast(), layout.size()) };
-            return;
-        }
-        // SAFETY: `ptr` came from `System` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = Layout::from_size_align(new_size, layout.align()).expect("layout");
-        if !is_huge(layout) && !is_huge(new) {
-            // SAFETY: both sides are the system allocator's.
-            return unsafe { System.realloc(ptr, layout, new_size) };
-        }
-        // SAFETY: a fresh allocation, the overlap copied, the old one freed by its own kind.
-        unsafe {
-            let out = self.alloc(new);
-            if !out.is_null() {
-                std::ptr::copy_nonoverlapping(ptr, out, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
-            }
-            out
-        }
-    }
-}
-
+/// The listener's own guard (`gearbox_kafka::alloc`), as `gearbox` installs it.
 #[global_allocator]
-static ALLOCATOR: LazyHuge = LazyHuge;
+static ALLOCATOR: ReserveHuge<System> = ReserveHuge(System);
 
 /// Topics left in place between inputs; beyond it all are deleted.
 const TOPICS_KEPT_MAX: usize = 16;
@@ -163,7 +79,7 @@ fn harness() -> &'static Harness {
 
 fuzz_target!(|data: &[u8]| {
     let h = harness();
-    HUGE_ALLOCATIONS.store(0, Ordering::Relaxed);
+    let huge_before = huge_allocations();
     let frame = Bytes::copy_from_slice(data);
     let outcome = h.runtime.block_on(async {
         tokio::time::timeout(
@@ -173,12 +89,12 @@ fuzz_target!(|data: &[u8]| {
         .await
     });
     if let Ok(outcome) = &outcome
-        && HUGE_ALLOCATIONS.load(Ordering::Relaxed) > 0
+        && huge_allocations() > huge_before
     {
         // KI-6: tolerated only on the way to a refusal.
         assert!(
             matches!(outcome, Outcome::Close(_)),
-            "a request that reserved {HUGE_BYTES}+ bytes was not refused: {outcome:?}"
+            "a request that needed a huge reservation was not refused: {outcome:?}"
         );
     }
     if let Ok(outcome) = outcome {

@@ -18,8 +18,12 @@ use clap::{Parser, Subcommand};
 
 /// The server allocates and frees many small strings per event (headers, attributes); glibc's
 /// malloc spent about a quarter of ingest CPU on them, mimalloc much less.
+///
+/// Wrapped in the Kafka listener's guard against requests that declare absurd array lengths
+/// (`gearbox_kafka::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: gearbox_kafka::alloc::ReserveHuge<mimalloc::MiMalloc> =
+    gearbox_kafka::alloc::ReserveHuge(mimalloc::MiMalloc);
 
 /// Command-line entry point.
 #[derive(Debug, Parser)]

@@ -21,6 +21,7 @@
 //!   time per connection, as Kafka does).
 
 pub mod admin;
+pub mod alloc;
 pub mod compression;
 pub mod errors;
 pub mod fetch;
