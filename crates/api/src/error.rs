@@ -209,8 +209,10 @@ impl From<BrokerError> for ApiError {
                     .field(format!("events[{index}].type"))
                     .hint(format!("register a schema under subject {subject}"))
             }
-            BrokerError::InvalidBatch(_) => ApiError::new("invalid_batch", message),
-            BrokerError::Internal(_) => ApiError::new("internal", message),
+            // Only the Kafka listener appends raw batches; over HTTP it would be a bug.
+            BrokerError::InvalidBatch(_) | BrokerError::Internal(_) => {
+                ApiError::new("internal", message)
+            }
         }
     }
 }

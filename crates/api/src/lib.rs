@@ -109,8 +109,33 @@ impl AppState {
         pipelines: Arc<gearbox_connect::metrics::Registry>,
         hooks: Vec<gearbox_connectors::webhook::WebhookEndpoint>,
     ) -> Arc<AppState> {
+        Self::with_collectors(
+            broker,
+            shutdown,
+            publish_in_flight_max,
+            pipelines,
+            hooks,
+            Vec::new(),
+        )
+    }
+
+    /// [`AppState::with_pipelines`], with more collectors behind `/metrics` (the Kafka
+    /// listener's, which this crate does not know).
+    #[must_use]
+    pub fn with_collectors(
+        broker: Arc<Broker>,
+        shutdown: watch::Receiver<bool>,
+        publish_in_flight_max: usize,
+        pipelines: Arc<gearbox_connect::metrics::Registry>,
+        hooks: Vec<gearbox_connectors::webhook::WebhookEndpoint>,
+        collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
+    ) -> Arc<AppState> {
+        let mut metrics = metrics_registry(&broker, &pipelines);
+        for c in collectors {
+            metrics.register_collector(c);
+        }
         Arc::new(AppState {
-            metrics: metrics_registry(&broker, &pipelines),
+            metrics,
             broker,
             shutdown,
             publish_in_flight_max: publish_in_flight_max.max(1),

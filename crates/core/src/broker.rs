@@ -1650,30 +1650,30 @@ impl Broker {
         let writes = s
             .commit_checked(offsets, &bounds, rewind)
             .map_err(|e| match e {
-            CommitError::Regression {
-                partition,
-                committed,
-                requested,
-            } => BrokerError::CommitRegression {
-                partition,
-                committed,
-                requested,
-            },
-            CommitError::OutOfRange {
-                partition,
-                requested,
-            } => match bounds.get(partition as usize) {
-                Some(&(log_start_offset, high_watermark)) => BrokerError::OffsetOutOfRange {
-                    requested,
-                    log_start_offset,
-                    high_watermark,
-                },
-                None => BrokerError::PartitionNotFound {
-                    topic: topic.into(),
+                CommitError::Regression {
                     partition,
+                    committed,
+                    requested,
+                } => BrokerError::CommitRegression {
+                    partition,
+                    committed,
+                    requested,
                 },
-            },
-        })?;
+                CommitError::OutOfRange {
+                    partition,
+                    requested,
+                } => match bounds.get(partition as usize) {
+                    Some(&(log_start_offset, high_watermark)) => BrokerError::OffsetOutOfRange {
+                        requested,
+                        log_start_offset,
+                        high_watermark,
+                    },
+                    None => BrokerError::PartitionNotFound {
+                        topic: topic.into(),
+                        partition,
+                    },
+                },
+            })?;
         self.store.apply(&writes)?;
         Ok(())
     }

@@ -367,7 +367,9 @@ impl Config {
         }
         let kafka = match root.get("kafka") {
             None | Some(Value::Null) => None,
-            Some(v) => typed::<KafkaDecl>(v, "kafka").map_err(|e| issues.push(e)).ok(),
+            Some(v) => typed::<KafkaDecl>(v, "kafka")
+                .map_err(|e| issues.push(e))
+                .ok(),
         };
         if let Some(k) = &kafka {
             for (field, value) in [("listen", &k.listen), ("advertised", &k.advertised)] {

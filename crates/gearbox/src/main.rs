@@ -9,6 +9,7 @@ mod bench;
 mod client;
 mod config;
 mod demo;
+mod kafka_metrics;
 mod pipelines;
 mod schemas;
 mod serve;

@@ -134,16 +134,6 @@ pub(crate) async fn serve(
         Some(config) => crate::pipelines::start(config, &mut runtime)?,
         None => Vec::new(),
     };
-    let app = router(AppState::with_pipelines(
-        broker.clone(),
-        shutdown_rx,
-        args.publish_in_flight_max,
-        registry,
-        hooks,
-    ));
-    let listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("binding the HTTP listener {}", args.http))?;
     let kafka = match kafka_settings(args, config.as_ref())? {
         None => None,
         Some((addr, settings)) => {
@@ -154,16 +144,37 @@ pub(crate) async fn serve(
             let state = gearbox_kafka::Kafka::new(broker.clone(), settings)
                 .context("starting the Kafka listener")?;
             tracing::info!(kafka = %kafka_listener.local_addr()?, %advertised, "serving the Kafka protocol");
-            let mut stop = shutdown_tx.subscribe();
-            Some(tokio::spawn(gearbox_kafka::server::serve(
-                kafka_listener,
-                state,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )))
+            Some((kafka_listener, state))
         }
     };
+    let collectors: Vec<Box<dyn prometheus_client::collector::Collector>> = kafka
+        .iter()
+        .map(|(_, state)| {
+            Box::new(crate::kafka_metrics::KafkaCollector(state.clone()))
+                as Box<dyn prometheus_client::collector::Collector>
+        })
+        .collect();
+    let app = router(AppState::with_collectors(
+        broker.clone(),
+        shutdown_rx,
+        args.publish_in_flight_max,
+        registry,
+        hooks,
+        collectors,
+    ));
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", args.http))?;
+    let kafka = kafka.map(|(kafka_listener, state)| {
+        let mut stop = shutdown_tx.subscribe();
+        tokio::spawn(gearbox_kafka::server::serve(
+            kafka_listener,
+            state,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
     tracing::info!(
         http = %listener.local_addr()?,
         data_dir = %args.data_dir.display(),

@@ -33,7 +33,9 @@ fn retention(configs: &[(String, Option<String>)]) -> Result<Retention, String> 
             match value.parse::<i64>() {
                 Ok(-1) => Ok(None),
                 Ok(n) if n >= 0 => Ok(Some(n as u64)),
-                _ => Err(format!("config {name}: {value:?} is not a number of at least -1")),
+                _ => Err(format!(
+                    "config {name}: {value:?} is not a number of at least -1"
+                )),
             }
         };
         match name.as_str() {
@@ -41,7 +43,9 @@ fn retention(configs: &[(String, Option<String>)]) -> Result<Retention, String> 
             "retention.bytes" => r.bytes_max = number()?,
             "cleanup.policy" if value == "delete" => {}
             "cleanup.policy" => {
-                return Err(format!("cleanup.policy {value:?}: only \"delete\" is supported"));
+                return Err(format!(
+                    "cleanup.policy {value:?}: only \"delete\" is supported"
+                ));
             }
             // Settings that have no meaning on one node, accepted as Kafka's defaults.
             "min.insync.replicas" | "unclean.leader.election.enable" => {}
@@ -80,7 +84,12 @@ pub async fn create_topics(
                 let configs: Vec<(String, Option<String>)> = t
                     .configs
                     .iter()
-                    .map(|c| (c.name.as_str().to_string(), c.value.as_ref().map(|v| v.as_str().to_string())))
+                    .map(|c| {
+                        (
+                            c.name.as_str().to_string(),
+                            c.value.as_ref().map(|v| v.as_str().to_string()),
+                        )
+                    })
                     .collect();
                 let outcome = partitions
                     .and_then(|p| {
@@ -99,8 +108,8 @@ pub async fn create_topics(
                                 "manual replica assignments are not supported".into(),
                             ));
                         }
-                        let r = retention(&configs)
-                            .map_err(|m| (ResponseError::InvalidConfig, m))?;
+                        let r =
+                            retention(&configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
                         Ok((p, r))
                     })
                     .and_then(|(p, r)| {
@@ -191,24 +200,38 @@ pub fn describe_configs(
                 .with_resource_type(res.resource_type)
                 .with_resource_name(res.resource_name.clone());
             let entries: Result<Vec<(&str, String)>, BrokerError> = match res.resource_type {
-                RESOURCE_TOPIC => kafka.broker.describe_topic(res.resource_name.as_str()).map(|t| {
-                    let n = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
-                    vec![
-                        ("cleanup.policy", "delete".to_string()),
-                        ("retention.ms", n(t.retention.ms_max)),
-                        ("retention.bytes", n(t.retention.bytes_max)),
-                        (
-                            "max.message.bytes",
-                            gearbox_core::broker::TOPIC_BATCH_BYTES_MAX.to_string(),
-                        ),
-                        ("compression.type", "producer".to_string()),
-                    ]
-                }),
+                RESOURCE_TOPIC => {
+                    kafka
+                        .broker
+                        .describe_topic(res.resource_name.as_str())
+                        .map(|t| {
+                            let n = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+                            vec![
+                                ("cleanup.policy", "delete".to_string()),
+                                ("retention.ms", n(t.retention.ms_max)),
+                                ("retention.bytes", n(t.retention.bytes_max)),
+                                (
+                                    "max.message.bytes",
+                                    gearbox_core::broker::TOPIC_BATCH_BYTES_MAX.to_string(),
+                                ),
+                                ("compression.type", "producer".to_string()),
+                            ]
+                        })
+                }
                 RESOURCE_BROKER => Ok(vec![
-                    ("auto.create.topics.enable", kafka.config.auto_create_topics.to_string()),
-                    ("num.partitions", kafka.config.default_partitions.to_string()),
+                    (
+                        "auto.create.topics.enable",
+                        kafka.config.auto_create_topics.to_string(),
+                    ),
+                    (
+                        "num.partitions",
+                        kafka.config.default_partitions.to_string(),
+                    ),
                     ("default.replication.factor", "1".to_string()),
-                    ("message.max.bytes", gearbox_core::broker::TOPIC_BATCH_BYTES_MAX.to_string()),
+                    (
+                        "message.max.bytes",
+                        gearbox_core::broker::TOPIC_BATCH_BYTES_MAX.to_string(),
+                    ),
                 ]),
                 other => {
                     return out
@@ -236,7 +259,11 @@ pub fn describe_configs(
                                 .with_value(Some(StrBytes::from_string(value)))
                                 .with_read_only(true)
                                 // 5: the default config of the broker; 1: a topic config.
-                                .with_config_source(if res.resource_type == RESOURCE_TOPIC { 1 } else { 5 })
+                                .with_config_source(if res.resource_type == RESOURCE_TOPIC {
+                                    1
+                                } else {
+                                    5
+                                })
                         })
                         .collect(),
                 ),

@@ -36,9 +36,15 @@ struct Wanted {
 /// Fetch.
 pub async fn fetch(kafka: &Arc<Kafka>, req: FetchRequest, version: i16) -> FetchResponse {
     let started = Instant::now();
-    let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(FETCH_WAIT_MS_MAX));
+    let wait = Duration::from_millis(
+        u64::try_from(req.max_wait_ms)
+            .unwrap_or(0)
+            .min(FETCH_WAIT_MS_MAX),
+    );
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
-    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0).min(FETCH_BYTES_MAX);
+    let max_bytes = usize::try_from(req.max_bytes)
+        .unwrap_or(0)
+        .min(FETCH_BYTES_MAX);
     let read_committed = req.isolation_level == 1;
     let names: Vec<TopicName> = req.topics.iter().map(|t| t.topic.clone()).collect();
     let wanted: Vec<Wanted> = req
@@ -70,8 +76,10 @@ pub async fn fetch(kafka: &Arc<Kafka>, req: FetchRequest, version: i16) -> Fetch
             w.as_mut().enable();
         }
         let (k, w, n) = (kafka.clone(), wanted.clone(), names.clone());
-        let read = tokio::task::spawn_blocking(move || read_all(&k, &w, &n, max_bytes, read_committed, version))
-            .await;
+        let read = tokio::task::spawn_blocking(move || {
+            read_all(&k, &w, &n, max_bytes, read_committed, version)
+        })
+        .await;
         let (topics, bytes, errors) = match read {
             Ok(r) => r,
             Err(_) => {
@@ -119,7 +127,14 @@ fn read_all(
         }
         let budget = max_bytes.saturating_sub(total);
         let partition_max = usize::try_from(w.max_bytes).unwrap_or(0).min(budget);
-        match read_partition(kafka, name, w.partition, w.offset, partition_max, total == 0) {
+        match read_partition(
+            kafka,
+            name,
+            w.partition,
+            w.offset,
+            partition_max,
+            total == 0,
+        ) {
             Ok((hw, start, records)) => {
                 out.high_watermark = hw;
                 out.last_stable_offset = hw;
@@ -147,7 +162,10 @@ fn read_partition(
     first: bool,
 ) -> Result<(i64, i64, Option<Bytes>), i16> {
     let p = u32::try_from(partition).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
-    let bounds = kafka.broker.partition_bounds(topic).map_err(|e| code_for(&e))?;
+    let bounds = kafka
+        .broker
+        .partition_bounds(topic)
+        .map_err(|e| code_for(&e))?;
     let &(start, end) = bounds
         .get(p as usize)
         .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
@@ -158,9 +176,14 @@ fn read_partition(
     if offset == end || (max_bytes == 0 && !first) {
         return Ok((end as i64, start as i64, Some(Bytes::new())));
     }
-    let read = match kafka.broker.read_batches(topic, p, offset, max_bytes.max(1)) {
+    let read = match kafka
+        .broker
+        .read_batches(topic, p, offset, max_bytes.max(1))
+    {
         Ok(r) => r,
-        Err(BrokerError::OffsetOutOfRange { .. }) => return Err(ResponseError::OffsetOutOfRange.code()),
+        Err(BrokerError::OffsetOutOfRange { .. }) => {
+            return Err(ResponseError::OffsetOutOfRange.code());
+        }
         Err(e) => return Err(code_for(&e)),
     };
     let mut buf = BytesMut::with_capacity(read.batches.iter().map(|b| b.bytes.len()).sum());

@@ -21,6 +21,7 @@
 //!   time per connection, as Kafka does).
 
 pub mod admin;
+pub mod compression;
 pub mod errors;
 pub mod fetch;
 pub mod group;
@@ -28,6 +29,7 @@ pub mod metadata;
 pub mod produce;
 pub mod producers;
 pub mod server;
+pub mod stats;
 pub mod versions;
 
 use gearbox_core::broker::Broker;
@@ -87,6 +89,7 @@ pub struct Kafka {
     groups: Arc<Groups>,
     producers: Producers,
     cluster_id: String,
+    stats: stats::Stats,
 }
 
 impl Kafka {
@@ -112,6 +115,7 @@ impl Kafka {
             broker,
             config,
             cluster_id,
+            stats: stats::Stats::default(),
         }))
     }
 
@@ -125,6 +129,12 @@ impl Kafka {
     #[must_use]
     pub fn config(&self) -> &KafkaConfig {
         &self.config
+    }
+
+    /// The listener's counters.
+    #[must_use]
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
     }
 
     /// The cluster id Metadata reports (made once per data directory).

@@ -9,7 +9,6 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, TopicName,
-    find_coordinator_response::Coordinator,
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
 };
@@ -45,8 +44,9 @@ pub async fn metadata(kafka: &Arc<Kafka>, req: MetadataRequest, version: i16) ->
     // Before v4 there is no flag, and Kafka then creates.
     let allow = kafka.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
     let partitions = kafka.config.default_partitions;
-    let topics = tokio::task::spawn_blocking(move || -> Vec<(String, Result<TopicInfo, BrokerError>)> {
-        match requested {
+    let topics =
+        tokio::task::spawn_blocking(move || -> Vec<(String, Result<TopicInfo, BrokerError>)> {
+            match requested {
             None => broker
                 .topics()
                 .into_iter()
@@ -69,9 +69,9 @@ pub async fn metadata(kafka: &Arc<Kafka>, req: MetadataRequest, version: i16) ->
                 })
                 .collect(),
         }
-    })
-    .await
-    .unwrap_or_default();
+        })
+        .await
+        .unwrap_or_default();
     let mut response = MetadataResponse::default()
         .with_brokers(vec![
             MetadataResponseBroker::default()
@@ -136,7 +136,6 @@ pub fn find_coordinator(
         }
         return r;
     }
-    let _ = Coordinator::default();
     FindCoordinatorResponse::default()
         .with_node_id(BrokerId(NODE_ID))
         .with_host(host)
@@ -170,9 +169,14 @@ pub async fn list_offsets(
                                 .and_then(|i| b.get(i))
                             {
                                 None => Err(ResponseError::UnknownTopicOrPartition.code()),
-                                Some(&(start, end)) => {
-                                    lookup(&broker, &name, p.partition_index as u32, p.timestamp, start, end)
-                                }
+                                Some(&(start, end)) => lookup(
+                                    &broker,
+                                    &name,
+                                    p.partition_index as u32,
+                                    p.timestamp,
+                                    start,
+                                    end,
+                                ),
                             },
                         };
                         match answer {
@@ -180,7 +184,9 @@ pub async fn list_offsets(
                                 .with_offset(offset)
                                 .with_timestamp(timestamp)
                                 .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
-                            Err(code) => out.with_error_code(code).with_offset(-1).with_timestamp(-1),
+                            Err(code) => {
+                                out.with_error_code(code).with_offset(-1).with_timestamp(-1)
+                            }
                         }
                     })
                     .collect();

@@ -22,11 +22,12 @@ use std::sync::Arc;
 /// Most partitions one Produce request may write; more are refused with INVALID_REQUEST.
 pub const PRODUCE_PARTITIONS_MAX: usize = 10_000;
 
-/// Checks a partition's records: one whole uncompressed, non-transactional v2 batch.
+/// Checks a partition's records: one whole, non-transactional v2 batch. Returns the batch to
+/// store (a compressed one decompressed, see [`crate::compression`]) and its producer fields.
 ///
 /// # Errors
 /// A [`Refusal`] with the Kafka error code and a message naming the byte or field.
-pub fn check_batch(records: Option<&Bytes>) -> Result<(BatchHeader, Sequenced), Refusal> {
+pub fn check_batch(records: Option<&Bytes>) -> Result<(Bytes, Sequenced), Refusal> {
     let refuse = |e: ResponseError, m: String| Refusal {
         code: e.code(),
         message: m,
@@ -55,15 +56,6 @@ pub fn check_batch(records: Option<&Bytes>) -> Result<(BatchHeader, Sequenced), 
         ));
     }
     batch::verify(bytes).map_err(|e| refuse(ResponseError::CorruptMessage, e.to_string()))?;
-    if header.compression() != 0 {
-        return Err(refuse(
-            ResponseError::UnsupportedCompressionType,
-            format!(
-                "compression codec {} is not supported; produce uncompressed batches",
-                header.compression()
-            ),
-        ));
-    }
     if header.is_transactional() || header.is_control() {
         return Err(refuse(
             ResponseError::InvalidRecord,
@@ -79,7 +71,11 @@ pub fn check_batch(records: Option<&Bytes>) -> Result<(BatchHeader, Sequenced), 
             ),
         ));
     }
-    Ok((header, Sequenced::of(&header)))
+    let stored = match header.compression() {
+        0 => bytes.clone(),
+        codec => Bytes::from(crate::compression::decompress(bytes, codec)?),
+    };
+    Ok((stored, Sequenced::of(&header)))
 }
 
 /// Produce. `None` for `acks` 0 (no answer is sent).
@@ -131,12 +127,11 @@ pub async fn produce(
                 if let Some(r) = refuse_all {
                     return Err(r);
                 }
-                let (_, seq) = check_batch(records.as_ref())?;
+                let (bytes, seq) = check_batch(records.as_ref())?;
                 let partition = u32::try_from(index).map_err(|_| Refusal {
                     code: ResponseError::UnknownTopicOrPartition.code(),
                     message: format!("partition {index}"),
                 })?;
-                let bytes = records.expect("checked");
                 let placed = kafka.producers.append(&name, partition, seq, &bytes)?;
                 let start = kafka
                     .broker
@@ -167,6 +162,7 @@ pub async fn produce(
             }
             Err(refusal) => {
                 tracing::debug!(partition = index, code = refusal.code, message = %refusal.message, "kafka produce refused");
+                kafka.stats.produce_error(refusal.code);
                 r.error_code = refusal.code;
                 r.base_offset = -1;
                 if version >= 8 {

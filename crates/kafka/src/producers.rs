@@ -48,6 +48,9 @@ struct Producer {
     used: u64,
 }
 
+/// One partition's producers, shared by the requests writing to it.
+type Shared = Arc<Mutex<PartitionProducers>>;
+
 #[derive(Debug, Default)]
 struct PartitionProducers {
     producers: HashMap<i64, Arc<Mutex<Producer>>>,
@@ -137,7 +140,7 @@ pub struct Producers {
     broker: Arc<Broker>,
     /// `(next id, end of the reserved block)`.
     ids: Mutex<(i64, i64)>,
-    partitions: Mutex<HashMap<(String, u32), Arc<Mutex<PartitionProducers>>>>,
+    partitions: Mutex<HashMap<(String, u32), Shared>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,8 +182,7 @@ impl Producers {
 
     /// Forgets `producer_id`'s sequences everywhere (an epoch bump starts them again at 0).
     pub fn bump(&self, producer_id: i64, epoch: i16) {
-        let parts: Vec<Arc<Mutex<PartitionProducers>>> =
-            lock(&self.partitions).values().cloned().collect();
+        let parts: Vec<Shared> = lock(&self.partitions).values().cloned().collect();
         for part in parts {
             if let Some(p) = lock(&part).producers.get(&producer_id) {
                 let mut p = lock(p);
@@ -190,7 +192,7 @@ impl Producers {
         }
     }
 
-    fn partition(&self, topic: &str, partition: u32) -> Arc<Mutex<PartitionProducers>> {
+    fn partition(&self, topic: &str, partition: u32) -> Shared {
         let key = (topic.to_string(), partition);
         let mut parts = lock(&self.partitions);
         if let Some(p) = parts.get(&key) {
@@ -383,7 +385,6 @@ fn check(p: &Producer, seq: Sequenced) -> Result<Check, Refusal> {
         .iter()
         .find(|r| r.first_seq == seq.first_seq && r.last_seq == seq.last_seq)
     {
-        let _ = r.last_offset;
         return Ok(Check::Duplicate(r.base_offset));
     }
     let last = p.recent.back().map_or(-1, |r| r.last_seq);
@@ -440,7 +441,11 @@ mod tests {
         assert_eq!(check(&p, seq(0, 0, 5)), Ok(Check::Duplicate(10)));
         let gap = check(&p, seq(0, 12, 1)).unwrap_err();
         assert_eq!(gap.code, ResponseError::OutOfOrderSequenceNumber.code());
-        assert!(gap.message.contains("12") && gap.message.contains("10"), "{}", gap.message);
+        assert!(
+            gap.message.contains("12") && gap.message.contains("10"),
+            "{}",
+            gap.message
+        );
     }
 
     #[test]

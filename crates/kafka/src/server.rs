@@ -59,6 +59,7 @@ pub async fn serve(
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            kafka.stats.refused();
             tracing::warn!(%peer, max = kafka.config.connections_max, "kafka listener: too many connections; closing the new one");
             drop(stream);
             continue;
@@ -66,9 +67,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let kafka = kafka.clone();
         tokio::spawn(async move {
+            kafka.stats.opened();
             if let Err(reason) = connection(&kafka, stream).await {
                 tracing::debug!(%peer, %reason, "kafka connection closed");
             }
+            kafka.stats.closed();
             drop(permit);
         });
     }
@@ -103,7 +106,10 @@ async fn connection(kafka: &Arc<Kafka>, mut stream: TcpStream) -> Result<(), Str
                 stream.write_all(&out).await.map_err(|e| e.to_string())?;
             }
             Outcome::Silent => {}
-            Outcome::Close(reason) => return Err(reason),
+            Outcome::Close(reason) => {
+                kafka.stats.bad_request();
+                return Err(reason);
+            }
         }
     }
 }
@@ -116,6 +122,7 @@ pub async fn handle(kafka: &Arc<Kafka>, frame: Bytes) -> Outcome {
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    kafka.stats.request(raw_key);
     let Ok(key) = ApiKey::try_from(raw_key) else {
         return Outcome::Close(format!("unknown API key {raw_key}"));
     };
@@ -226,9 +233,7 @@ async fn dispatch(
         RequestKind::OffsetFetch(r) => {
             ResponseKind::OffsetFetch(groups.offset_fetch(r, version).await)
         }
-        RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(groups.describe(r, version))
-        }
+        RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups.describe(r, version)),
         RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups.list(r, version)),
         _ => {
             // `versions::supported` admitted it, so the table and this match disagree.

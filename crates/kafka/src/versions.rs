@@ -70,7 +70,10 @@ mod tests {
     fn every_entry_is_within_the_codec() {
         for (k, r) in table() {
             let codec = k.valid_versions();
-            assert!(codec.min <= r.min && r.max <= codec.max, "{k:?} {r} vs {codec}");
+            assert!(
+                codec.min <= r.min && r.max <= codec.max,
+                "{k:?} {r} vs {codec}"
+            );
         }
         assert!(supported(ApiKey::Produce, 9));
         assert!(!supported(ApiKey::Produce, 10));

@@ -7,6 +7,7 @@ use super::{Broker, BrokerError, lock};
 use crate::dedup::{Key, Position};
 use crate::event::CloudEvent;
 use crate::lineage::{HopKind, PlacementLines};
+use crate::registry::Verdict;
 use crate::subscription::{Mode, Settings, Start};
 use gearbox_log::Batches;
 use gearbox_log::batch::{self, Record};
@@ -88,7 +89,7 @@ impl Broker {
             Vec::new()
         };
         if enforced {
-            self.validate(topic, &events, &[])?;
+            self.validate_records(topic, &records, &events)?;
         }
         let appended = part.append(bytes)?;
         let now = self.clock.now_ms();
@@ -130,6 +131,60 @@ impl Broker {
             last_offset: appended.last_offset,
             log_start_offset: part.log_start_offset(),
         })
+    }
+
+    /// Schema checks of produced records: a value in the Confluent wire format against the
+    /// schema its id names ([`crate::registry::framed`]), any other record as its event.
+    fn validate_records(
+        &self,
+        topic: &str,
+        records: &[Record],
+        events: &[CloudEvent],
+    ) -> Result<(), BrokerError> {
+        let mut framed = self.registry.framed(topic);
+        let mut plain = Vec::new();
+        for (index, r) in records.iter().enumerate() {
+            match r.value.as_deref().and_then(|v| framed.check(v)) {
+                None => plain.push(index),
+                Some(Verdict::Invalid {
+                    subject,
+                    version,
+                    violations,
+                }) => {
+                    return Err(BrokerError::SchemaViolation {
+                        index,
+                        subject,
+                        version,
+                        violations,
+                    });
+                }
+                Some(Verdict::Unregistered { subject }) => {
+                    return Err(BrokerError::SchemaRequired { index, subject });
+                }
+                Some(Verdict::Valid { .. } | Verdict::Unchecked) => {}
+            }
+        }
+        let unframed: Vec<CloudEvent> = plain.iter().map(|&i| events[i].clone()).collect();
+        self.validate(topic, &unframed, &[]).map_err(|e| match e {
+            // Name the record by its index in the batch, not among the unframed ones.
+            BrokerError::SchemaViolation {
+                index,
+                subject,
+                version,
+                violations,
+            } => BrokerError::SchemaViolation {
+                index: plain[index],
+                subject,
+                version,
+                violations,
+            },
+            BrokerError::SchemaRequired { index, subject } => BrokerError::SchemaRequired {
+                index: plain[index],
+                subject,
+            },
+            other => other,
+        })?;
+        Ok(())
     }
 
     /// Stored batches of `partition` from the one holding `offset`, up to about `max_bytes`

@@ -20,6 +20,7 @@
 //! [`VERSIONS_PER_SUBJECT_MAX`] versions per subject.
 
 pub mod avro;
+pub mod framed;
 pub mod json;
 
 use crate::store::Store;
