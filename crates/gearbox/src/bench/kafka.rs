@@ -39,10 +39,8 @@ use kafka_protocol::messages::{
     metadata_request::MetadataRequestTopic,
     produce_request::{PartitionProduceData, TopicProduceData},
 };
-use kafka_protocol::protocol::{
-    Decodable as _, Encodable as _, HeaderVersion, Request, StrBytes,
-};
-use std::io::{Read as _, Write as _};
+use kafka_protocol::protocol::{Decodable as _, Encodable as _, HeaderVersion, Request, StrBytes};
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -197,7 +195,11 @@ impl Client {
         ]));
         let metadata = self.call(&request, METADATA_VERSION)?;
         let t = metadata.topics.first().context("Metadata named no topic")?;
-        ensure!(t.error_code == 0, "Metadata answered error {}", t.error_code);
+        ensure!(
+            t.error_code == 0,
+            "Metadata answered error {}",
+            t.error_code
+        );
         let led = t
             .partitions
             .iter()
@@ -454,11 +456,7 @@ pub fn records_from(bytes: &[u8], from: i64) -> anyhow::Result<Vec<Record>> {
             break;
         }
         let (one, tail) = rest.split_at(len);
-        out.extend(
-            batch::decode(one)?
-                .into_iter()
-                .filter(|r| r.offset >= from),
-        );
+        out.extend(batch::decode(one)?.into_iter().filter(|r| r.offset >= from));
         rest = tail;
     }
     Ok(out)
@@ -565,7 +563,9 @@ pub fn e2e(addr: SocketAddr, w: &Workload) -> anyhow::Result<E2e> {
             }
             Ok((received, hist))
         },
-        |first, n, sent_ns| producer.produce(LATENCY_TOPIC, batches(w, first, n, &data, Some(sent_ns))?),
+        |first, n, sent_ns| {
+            producer.produce(LATENCY_TOPIC, batches(w, first, n, &data, Some(sent_ns))?)
+        },
     )
 }
 

@@ -888,7 +888,10 @@ mod tests {
             .find(|l| l.starts_with("gearbox-kafka-fetch "))
             .unwrap();
         assert!(fetch_line.contains(" 900000 "), "{fetch_line}");
-        assert!(fetch_line.contains(" 90.0 "), "MB/s of event data: {fetch_line}");
+        assert!(
+            fetch_line.contains(" 90.0 "),
+            "MB/s of event data: {fetch_line}"
+        );
         let ratios: Vec<&str> = text
             .split("ratios (events/s, gearbox target / peer):\n")
             .nth(1)
