@@ -17,8 +17,9 @@
 //! Each target runs the same [`Workload`]: an ingest of `--events` events and a
 //! produce-to-consume run at `--rate`. The report gives events/s, MB/s of event data, batch
 //! latency p50/p99/p999 and produce-to-consume p50/p99 per target, the ratios of each Gearbox
-//! write target to each peer, gearbox-kafka to gearbox-http, and the product targets (product.md §7) as met or not. `--json` prints
-//! one JSON object instead; `--chart FILE` also writes an SVG picture.
+//! write target to each peer and of gearbox-kafka to gearbox-http, and the product targets
+//! (product.md §7) as met or not. `--json` prints one JSON object instead; `--chart FILE` also
+//! writes an SVG picture.
 
 use super::chart::{self, Bar};
 use super::disk::{self, WriteSync};
