@@ -1626,15 +1626,17 @@ impl Broker {
         name: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), BrokerError> {
-        self.commit_cursor(topic, name, offsets, false)
+        self.commit_cursor(topic, name, offsets, false, Vec::new())
     }
 
+    /// Commits cursor offsets; `also` is written in the same transaction.
     fn commit_cursor(
         &self,
         topic: &str,
         name: &str,
         offsets: &[(u32, u64)],
         rewind: bool,
+        also: Vec<Write>,
     ) -> Result<(), BrokerError> {
         let entry = self.require(topic)?;
         let sub = self.sub(topic, name)?;
@@ -1674,6 +1676,8 @@ impl Broker {
                     },
                 },
             })?;
+        let mut writes = writes;
+        writes.extend(also);
         self.store.apply(&writes)?;
         Ok(())
     }

@@ -4,6 +4,7 @@
 use gearbox_core::broker::{Broker, BrokerConfig, BrokerError};
 use gearbox_core::event::CloudEvent;
 use gearbox_core::registry::SchemaType;
+use gearbox_core::subscription::{Mode, Settings, Start};
 use gearbox_log::Retention;
 use gearbox_log::batch::{BatchBuilder, RecordHeader, RecordInput};
 use serde_json::json;
@@ -187,9 +188,16 @@ fn group_offsets_are_a_cursor_subscription_that_may_rewind() {
     }
     assert_eq!(b.group_offsets("t", "g").unwrap(), None);
     b.commit_group_offsets("t", "g", &[(0, 4)]).unwrap();
-    assert_eq!(b.group_offsets("t", "g").unwrap(), Some(vec![4, 0]));
+    // Partition 1 was never committed: the client's auto.offset.reset decides.
+    assert_eq!(
+        b.group_offsets("t", "g").unwrap(),
+        Some(vec![Some(4), None])
+    );
     b.commit_group_offsets("t", "g", &[(0, 2)]).unwrap();
-    assert_eq!(b.group_offsets("t", "g").unwrap(), Some(vec![2, 0]));
+    assert_eq!(
+        b.group_offsets("t", "g").unwrap(),
+        Some(vec![Some(2), None])
+    );
     let info = b.subscription("t", "g").unwrap();
     assert_eq!(info.positions, vec![2, 0]);
     assert_eq!(info.lag, 3);
@@ -199,9 +207,33 @@ fn group_offsets_are_a_cursor_subscription_that_may_rewind() {
     ));
     drop(b);
     let b = broker(dir.path());
-    assert_eq!(b.group_offsets("t", "g").unwrap(), Some(vec![2, 0]));
+    assert_eq!(
+        b.group_offsets("t", "g").unwrap(),
+        Some(vec![Some(2), None])
+    );
     assert!(
         b.subscription_names()
             .contains(&("t".to_string(), "g".to_string()))
+    );
+    // A subscription made over HTTP answers for every partition; a group commit to it does not
+    // hide the others.
+    let mut cursor = Settings::defaults(Mode::Cursor);
+    cursor.start = Start::Latest;
+    b.put_subscription("t", "http", cursor).unwrap();
+    assert_eq!(
+        b.group_offsets("t", "http").unwrap(),
+        Some(vec![Some(5), Some(0)])
+    );
+    b.commit_group_offsets("t", "http", &[(1, 0)]).unwrap();
+    assert_eq!(
+        b.group_offsets("t", "http").unwrap(),
+        Some(vec![Some(5), Some(0)])
+    );
+    // Deleting the subscription deletes its marks: a new group starts afresh.
+    b.delete_subscription("t", "g").unwrap();
+    b.commit_group_offsets("t", "g", &[(1, 0)]).unwrap();
+    assert_eq!(
+        b.group_offsets("t", "g").unwrap(),
+        Some(vec![None, Some(0)])
     );
 }

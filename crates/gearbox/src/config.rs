@@ -372,15 +372,21 @@ impl Config {
                 .ok(),
         };
         if let Some(k) = &kafka {
-            for (field, value) in [("listen", &k.listen), ("advertised", &k.advertised)] {
-                if let Some(v) = value
-                    && crate::serve::host_port(v).is_none()
-                {
-                    issues.push(Issue {
-                        path: format!("kafka.{field}"),
-                        message: format!("{v:?} is not host:port"),
-                    });
-                }
+            if let Some(v) = &k.listen
+                && v.parse::<std::net::SocketAddr>().is_err()
+            {
+                issues.push(Issue {
+                    path: "kafka.listen".into(),
+                    message: format!("{v:?} is not an IP address and port"),
+                });
+            }
+            if let Some(v) = &k.advertised
+                && crate::serve::host_port(v).is_none()
+            {
+                issues.push(Issue {
+                    path: "kafka.advertised".into(),
+                    message: format!("{v:?} is not host:port"),
+                });
             }
             if let Some(p) = k.default_partitions
                 && !(1..=KAFKA_DEFAULT_PARTITIONS_MAX).contains(&p)
@@ -774,6 +780,35 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(Invalid(list)) => list.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn the_kafka_section_is_checked() {
+        let tree: Value = serde_saphyr::from_str(
+            "kafka: { listen: 127.0.0.1:9093, advertised: kafka.local:19093, default_partitions: 3 }",
+        )
+        .unwrap();
+        let k = Config::check(&tree).unwrap().kafka.unwrap();
+        assert_eq!(k.listen.as_deref(), Some("127.0.0.1:9093"));
+        assert_eq!(k.default_partitions, Some(3));
+        assert!(
+            Config::check(&serde_saphyr::from_str("topics: []").unwrap())
+                .unwrap()
+                .kafka
+                .is_none()
+        );
+        assert_eq!(
+            issues("kafka: { listen: nowhere, advertised: 'h:x', default_partitions: 0, tls: true }"),
+            vec!["kafka.tls: unknown field `tls`, expected one of `enabled`, `listen`, `advertised`, `auto_create_topics`, `default_partitions`".to_string()]
+        );
+        assert_eq!(
+            issues("kafka: { listen: nowhere, advertised: 'h:x', default_partitions: 0 }"),
+            vec![
+                "kafka.listen: \"nowhere\" is not an IP address and port".to_string(),
+                "kafka.advertised: \"h:x\" is not host:port".to_string(),
+                format!("kafka.default_partitions: must be 1 to {KAFKA_DEFAULT_PARTITIONS_MAX}"),
+            ]
+        );
     }
 
     #[test]

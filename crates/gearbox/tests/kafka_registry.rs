@@ -40,4 +40,14 @@ fn confluent_serializers_write_framed_values_that_the_registry_checks() {
         "{stdout}"
     );
     assert!(stdout.contains("every check passed"), "{stdout}");
+    // The three refusals are counted by their Kafka error on /metrics.
+    let metrics = s.metrics();
+    assert!(
+        metrics.contains("gearbox_kafka_produce_refused_total{error=\"InvalidRecord\"} 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gearbox_kafka_requests_total{api=\"InitProducerId\"} 1\n"),
+        "{metrics}"
+    );
 }

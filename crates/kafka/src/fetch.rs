@@ -88,7 +88,9 @@ pub async fn fetch(kafka: &Arc<Kafka>, req: FetchRequest, version: i16) -> Fetch
             }
         };
         let left = wait.saturating_sub(started.elapsed());
-        if bytes >= min_bytes.max(1) || errors || left.is_zero() || waits.is_empty() {
+        // `min_bytes` 0 answers at once, as Kafka does; otherwise wait for that much.
+        let enough = min_bytes == 0 || bytes >= min_bytes;
+        if enough || errors || left.is_zero() || waits.is_empty() {
             return FetchResponse::default().with_responses(topics);
         }
         tokio::select! {

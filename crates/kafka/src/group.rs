@@ -1357,7 +1357,7 @@ fn commit_partition_code(p: &CommitPartition, bounds: &[(u64, u64)]) -> Option<R
 fn fetch_topic(
     topic: String,
     partitions: Option<Vec<i32>>,
-    committed: Result<Option<Vec<u64>>, i16>,
+    committed: Result<Option<Vec<Option<u64>>>, i16>,
 ) -> OffsetFetchResponseTopic {
     let offsets = match &committed {
         Ok(Some(offsets)) => offsets.as_slice(),
@@ -1377,8 +1377,8 @@ fn fetch_topic(
             p.partition_index = index;
             p.committed_offset = usize::try_from(index)
                 .ok()
-                .and_then(|i| offsets.get(i))
-                .and_then(|&o| i64::try_from(o).ok())
+                .and_then(|i| offsets.get(i).copied().flatten())
+                .and_then(|o| i64::try_from(o).ok())
                 .unwrap_or(-1);
             p.metadata = Some(StrBytes::new());
             if let Err(code) = committed {
@@ -2185,7 +2185,7 @@ mod tests {
             commit(&f, commit_req(-1, "", &[("t", &[(0, 3)])]), 5).await,
             [[0]]
         );
-        assert_eq!(f.broker.group_offsets("t", G).unwrap(), Some(vec![3]));
+        assert_eq!(f.broker.group_offsets("t", G).unwrap(), Some(vec![Some(3)]));
         assert_eq!(fetch(&f, Some(&[("t", &[0])]), 3).await[0].1, [(0, 3, 0)]);
 
         // One bad partition does not fail the good one.
@@ -2213,7 +2213,7 @@ mod tests {
                 vec![E::UnknownTopicOrPartition.code()],
             ]
         );
-        assert_eq!(f.broker.group_offsets("t", G).unwrap(), Some(vec![5]));
+        assert_eq!(f.broker.group_offsets("t", G).unwrap(), Some(vec![Some(5)]));
         // Metadata beyond the bound (not stored, but bounded as Kafka does).
         let mut req = commit_req(-1, "", &[("t", &[(0, 6)])]);
         req.topics[0].partitions[0].committed_metadata = Some(StrBytes::from_string(

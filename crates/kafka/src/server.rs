@@ -7,6 +7,7 @@
 //! request that does not decode. Everything else (bad batches, unknown topics, group errors)
 //! is an error code in a response, and the connection stays.
 
+use crate::group::ClientMeta;
 use crate::{Kafka, admin, fetch, metadata, produce, versions};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -68,7 +69,7 @@ pub async fn serve(
         let kafka = kafka.clone();
         tokio::spawn(async move {
             kafka.stats.opened();
-            if let Err(reason) = connection(&kafka, stream).await {
+            if let Err(reason) = connection(&kafka, stream, peer).await {
                 tracing::debug!(%peer, %reason, "kafka connection closed");
             }
             kafka.stats.closed();
@@ -78,7 +79,11 @@ pub async fn serve(
 }
 
 /// Handles one connection until the client closes it or a request closes it.
-async fn connection(kafka: &Arc<Kafka>, mut stream: TcpStream) -> Result<(), String> {
+async fn connection(
+    kafka: &Arc<Kafka>,
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Result<(), String> {
     let max = kafka.config.request_bytes_max;
     loop {
         let mut prefix = [0u8; 4];
@@ -98,7 +103,7 @@ async fn connection(kafka: &Arc<Kafka>, mut stream: TcpStream) -> Result<(), Str
             .read_exact(&mut frame)
             .await
             .map_err(|e| e.to_string())?;
-        match handle(kafka, frame.freeze()).await {
+        match handle_from(kafka, frame.freeze(), Some(peer)).await {
             Outcome::Reply(body) => {
                 let mut out = BytesMut::with_capacity(4 + body.len());
                 out.put_i32(body.len() as i32);
@@ -116,6 +121,15 @@ async fn connection(kafka: &Arc<Kafka>, mut stream: TcpStream) -> Result<(), Str
 
 /// Decodes one request frame (without its size prefix), handles it, and encodes the answer.
 pub async fn handle(kafka: &Arc<Kafka>, frame: Bytes) -> Outcome {
+    handle_from(kafka, frame, None).await
+}
+
+/// [`handle`], for a request from `peer` (group members show their host).
+pub async fn handle_from(
+    kafka: &Arc<Kafka>,
+    frame: Bytes,
+    peer: Option<std::net::SocketAddr>,
+) -> Outcome {
     if frame.len() < HEADER_FIXED_BYTES {
         return Outcome::Close(format!("a {}-byte request has no header", frame.len()));
     }
@@ -144,7 +158,7 @@ pub async fn handle(kafka: &Arc<Kafka>, frame: Bytes) -> Outcome {
         Ok(r) => r,
         Err(e) => return Outcome::Close(format!("{key:?} v{version}: bad request: {e}")),
     };
-    let response = match dispatch(kafka, request, version, &header).await {
+    let response = match dispatch(kafka, request, version, &header, peer).await {
         Ok(Some(r)) => r,
         Ok(None) => return Outcome::Silent,
         Err(reason) => return Outcome::Close(reason),
@@ -191,6 +205,7 @@ async fn dispatch(
     request: RequestKind,
     version: i16,
     header: &RequestHeader,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Option<ResponseKind>, String> {
     let groups = &kafka.groups;
     Ok(Some(match request {
@@ -223,7 +238,16 @@ async fn dispatch(
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(admin::describe_configs(kafka, &r, version))
         }
-        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups.join(r, version).await),
+        RequestKind::JoinGroup(r) => {
+            let client = ClientMeta {
+                client_id: header
+                    .client_id
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.as_str().to_string()),
+                client_host: peer.map_or_else(String::new, |p| format!("/{}", p.ip())),
+            };
+            ResponseKind::JoinGroup(groups.join_as(r, version, client).await)
+        }
         RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups.sync(r, version).await),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups.heartbeat(r, version)),
         RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups.leave(r, version)),

@@ -8,6 +8,7 @@ use crate::dedup::{Key, Position};
 use crate::event::CloudEvent;
 use crate::lineage::{HopKind, PlacementLines};
 use crate::registry::Verdict;
+use crate::store::{self, Write};
 use crate::subscription::{Mode, Settings, Start};
 use gearbox_log::Batches;
 use gearbox_log::batch::{self, Record};
@@ -16,6 +17,20 @@ use gearbox_log::batch::{self, Record};
 /// committed yet (Kafka clients apply their own `auto.offset.reset` only when a group has no
 /// commit at all for the topic; see `docs/kafka.md`).
 pub const KAFKA_GROUP_START: Start = Start::Earliest;
+
+/// Marker rows kept with a group's subscription (in the positions table, under partition
+/// numbers no topic has: at most `PARTITIONS_PER_TOPIC_MAX` partitions exist): the
+/// subscription was created by a group commit, and partition `p` was committed by the group.
+const GROUP_CREATED: u32 = u32::MAX;
+const COMMITTED: u32 = 1 << 31;
+const _: () = assert!(gearbox_log::PARTITIONS_PER_TOPIC_MAX < COMMITTED);
+
+fn mark(topic: &str, group: &str, row: u32) -> Write {
+    Write::SetPosition {
+        key: store::partition_key(topic, group, row),
+        offset: 1,
+    }
+}
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,15 +228,38 @@ impl Broker {
         Ok(Self::bounds(&entry))
     }
 
-    /// The committed offsets of the cursor subscription `topic/group`, one per partition, or
-    /// `None` when there is none. A queue-mode subscription of that name answers with its
-    /// floors.
+    /// The committed offsets of the subscription `topic/group`, one per partition, or `None`
+    /// when there is none. A partition is `None` when the group has never committed it and the
+    /// subscription was created by a group commit (a Kafka client then applies its own
+    /// `auto.offset.reset`); a subscription created otherwise answers with its positions for
+    /// every partition (a queue-mode one with its floors).
     ///
     /// # Errors
-    /// [`BrokerError::TopicNotFound`].
-    pub fn group_offsets(&self, topic: &str, group: &str) -> Result<Option<Vec<u64>>, BrokerError> {
+    /// [`BrokerError::TopicNotFound`], or the state store could not be read.
+    pub fn group_offsets(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Option<Vec<Option<u64>>>, BrokerError> {
         self.require(topic)?;
-        Ok(self.sub(topic, group).ok().map(|s| lock(&s).positions()))
+        let Ok(sub) = self.sub(topic, group) else {
+            return Ok(None);
+        };
+        let positions = lock(&sub).positions();
+        let by_group = self
+            .store
+            .position(&store::partition_key(topic, group, GROUP_CREATED))?
+            .is_some();
+        let mut out = Vec::with_capacity(positions.len());
+        for (p, position) in positions.into_iter().enumerate() {
+            let committed = !by_group
+                || self
+                    .store
+                    .position(&store::partition_key(topic, group, COMMITTED | p as u32))?
+                    .is_some();
+            out.push(committed.then_some(position));
+        }
+        Ok(Some(out))
     }
 
     /// Commits a consumer group's offsets for `topic`: into the cursor subscription
@@ -238,15 +276,23 @@ impl Broker {
         group: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), BrokerError> {
+        let mut marks = Vec::new();
         if self.sub(topic, group).is_err() {
             let mut settings = Settings::defaults(Mode::Cursor);
             settings.start = KAFKA_GROUP_START;
             match self.put_subscription(topic, group, settings) {
-                Ok(_) | Err(BrokerError::SubscriptionConflict { .. }) => {}
+                Ok(true) => marks.push(mark(topic, group, GROUP_CREATED)),
+                Ok(false) | Err(BrokerError::SubscriptionConflict { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.commit_cursor(topic, group, offsets, true)
+        // Rows under the subscription's key, so deleting it deletes them.
+        marks.extend(
+            offsets
+                .iter()
+                .map(|&(p, _)| mark(topic, group, COMMITTED | p)),
+        );
+        self.commit_cursor(topic, group, offsets, true, marks)
     }
 
     /// Names of the subscriptions of every topic, as `(topic, name)` (the Kafka side lists
