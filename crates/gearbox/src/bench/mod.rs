@@ -13,6 +13,7 @@ pub mod disk;
 mod embedded;
 pub mod hist;
 mod http;
+mod kafka;
 mod load;
 mod log;
 mod nats;

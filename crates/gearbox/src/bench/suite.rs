@@ -6,7 +6,10 @@
 //!    the physical limit every durable target shares.
 //! 2. **gearbox-log**: the embedded log in this process ([`super::embedded`]).
 //! 3. **gearbox-http**: a `gearbox serve` the bench starts, over HTTP ([`super::http`]).
-//! 4. **gearbox-kafka**: skipped until the Kafka listener exists.
+//! 4. **gearbox-kafka**: a `gearbox serve --kafka` the bench starts, over the Kafka wire
+//!    protocol ([`super::kafka`]): Produce with `acks` -1 for the ingest, Fetch long polls for
+//!    produce-to-consume. Its second row, **gearbox-kafka-fetch**, reads the ingested events
+//!    back with Fetch; it is a read, so it stays out of the write ratios and the product targets.
 //! 5. With `--peers`: **nats-jetstream-default**, **nats-jetstream** ([`super::nats`]) and
 //!    **redis-streams** ([`super::redis`]). A peer that cannot be reached or started is reported
 //!    as skipped, with the reason.
@@ -14,13 +17,14 @@
 //! Each target runs the same [`Workload`]: an ingest of `--events` events and a
 //! produce-to-consume run at `--rate`. The report gives events/s, MB/s of event data, batch
 //! latency p50/p99/p999 and produce-to-consume p50/p99 per target, the ratios of each Gearbox
-//! target to each peer, and the product targets (product.md §7) as met or not. `--json` prints
-//! one JSON object instead; `--chart FILE` also writes an SVG picture.
+//! write target to each peer and of gearbox-kafka to gearbox-http, and the product targets
+//! (product.md §7) as met or not. `--json` prints one JSON object instead; `--chart FILE` also
+//! writes an SVG picture.
 
 use super::chart::{self, Bar};
 use super::disk::{self, WriteSync};
 use super::load::{E2e, Ingest, Workload};
-use super::{Machine, Scratch, embedded, http, nats, redis};
+use super::{Machine, Scratch, embedded, http, kafka, nats, redis};
 use anyhow::{Context as _, bail, ensure};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -170,10 +174,30 @@ enum Status {
     Failed(String),
 }
 
+/// What a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Durable writes (the ingest), with an optional produce-to-consume run.
+    Write,
+    /// Reading written events back; `Measured::ingest` then counts events read, and its
+    /// latency is one read request.
+    Read,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Write => "write",
+            Kind::Read => "read",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Row {
     target: &'static str,
-    /// What an acknowledgement means for this target.
+    kind: Kind,
+    /// What an acknowledgement means for this target (for a read: what was read).
     durability: &'static str,
     version: String,
     status: Status,
@@ -235,6 +259,7 @@ fn measure(
     };
     Row {
         target,
+        kind: Kind::Write,
         durability,
         version,
         status,
@@ -244,6 +269,7 @@ fn measure(
 fn skipped(target: &'static str, durability: &'static str, reason: String) -> Row {
     Row {
         target,
+        kind: Kind::Write,
         durability,
         version: String::new(),
         status: Status::Skipped(reason),
@@ -293,6 +319,7 @@ fn gearbox_http(w: &Workload, scratch: &Scratch) -> Row {
         Err(e) => {
             return Row {
                 target: "gearbox-http",
+                kind: Kind::Write,
                 durability: FSYNC_BEFORE_ACK,
                 version: env!("CARGO_PKG_VERSION").into(),
                 status: Status::Failed(format!("{e:#}")),
@@ -315,6 +342,71 @@ fn gearbox_http(w: &Workload, scratch: &Scratch) -> Row {
     );
     drop(server);
     row
+}
+
+/// What the gearbox-kafka-fetch row reads.
+const KAFKA_READ_BACK: &str = "reads the ingest back (Fetch; latency: one Fetch)";
+
+/// The gearbox-kafka rows: a `gearbox serve --kafka` of its own, ingest and produce-to-consume
+/// over the Kafka protocol, then the ingest read back (skipped when the ingest failed).
+fn gearbox_kafka(w: &Workload, scratch: &Scratch) -> Vec<Row> {
+    let version: String = env!("CARGO_PKG_VERSION").into();
+    let started = (|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let (server, _) = http::start_server_with(
+            &scratch.path().join("kafka"),
+            &["--kafka", &addr.to_string()],
+        )?;
+        let mut client = kafka::Client::connect(addr)?;
+        client.create_topic(kafka::INGEST_TOPIC, w.partitions)?;
+        client.create_topic(kafka::LATENCY_TOPIC, w.partitions)?;
+        anyhow::Ok((server, addr))
+    })();
+    let (server, addr) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![Row {
+                target: "gearbox-kafka",
+                kind: Kind::Write,
+                durability: FSYNC_BEFORE_ACK,
+                version,
+                status: Status::Failed(format!("{e:#}")),
+            }];
+        }
+    };
+    let write = measure(
+        "gearbox-kafka",
+        FSYNC_BEFORE_ACK,
+        version.clone(),
+        || kafka::ingest(addr, w),
+        Some(Box::new(|| kafka::e2e(addr, w))),
+    );
+    let read = if write.ingest().is_some() {
+        Row {
+            kind: Kind::Read,
+            ..measure(
+                "gearbox-kafka-fetch",
+                KAFKA_READ_BACK,
+                version,
+                || kafka::read_back(addr, w),
+                None,
+            )
+        }
+    } else {
+        Row {
+            kind: Kind::Read,
+            ..skipped(
+                "gearbox-kafka-fetch",
+                KAFKA_READ_BACK,
+                "the ingest failed".into(),
+            )
+        }
+    };
+    drop(server);
+    vec![write, read]
 }
 
 /// The payload-only variant of a peer: the data alone, no attributes and no deduplication. It
@@ -410,12 +502,8 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     ));
     say("gearbox-http");
     rows.push(gearbox_http(&w, &scratch));
-    rows.push(skipped(
-        "gearbox-kafka",
-        FSYNC_BEFORE_ACK,
-        "no Kafka listener yet (`gearbox serve --kafka` comes with the Kafka wire-protocol issue)"
-            .into(),
-    ));
+    say("gearbox-kafka");
+    rows.extend(gearbox_kafka(&w, &scratch));
     if args.peers {
         say("the peers");
         rows.extend(peers(args, &w, &scratch)?);
@@ -473,6 +561,11 @@ impl Report<'_> {
 
     fn ratio(&self, a: &str, b: &str) -> Option<f64> {
         Some(self.row(a)?.events_per_s()? / self.row(b)?.events_per_s()?)
+    }
+
+    /// Ingest over the Kafka protocol against ingest over HTTP, both into one server build.
+    fn kafka_vs_http(&self) -> Option<f64> {
+        self.ratio("gearbox-kafka", "gearbox-http")
     }
 
     fn checks(&self) -> Vec<Check> {
@@ -597,7 +690,11 @@ impl Report<'_> {
             .collect();
         if !peers.is_empty() {
             let _ = writeln!(o, "\nratios (events/s, gearbox target / peer):");
-            for g in self.rows.iter().filter(|r| r.target.starts_with("gearbox")) {
+            for g in self
+                .rows
+                .iter()
+                .filter(|r| r.target.starts_with("gearbox") && r.kind == Kind::Write)
+            {
                 let parts: Vec<String> = peers
                     .iter()
                     .filter_map(|p| {
@@ -612,6 +709,12 @@ impl Report<'_> {
                     let _ = writeln!(o, "  {:<22} {}", g.target, parts.join(", "));
                 }
             }
+        }
+        if let Some(r) = self.kafka_vs_http() {
+            let _ = writeln!(
+                o,
+                "\ngearbox-kafka / gearbox-http (events/s, same run): {r:.2}x"
+            );
         }
         let checks = self.checks();
         if !checks.is_empty() {
@@ -639,8 +742,8 @@ impl Report<'_> {
             .rows
             .iter()
             .map(|r| {
-                let mut v =
-                    json!({"target": r.target, "durability": r.durability, "version": r.version});
+                let mut v = json!({"target": r.target, "kind": r.kind.name(),
+                                   "durability": r.durability, "version": r.version});
                 match &r.status {
                     Status::Measured { ingest, e2e } => {
                         let q = |q| ingest.latency.quantile_ms(q);
@@ -687,6 +790,7 @@ impl Report<'_> {
             "disk_fsync_4k_p99_ms": self.disk.small.latency.quantile_ms(0.99),
             "results": results,
             "product_targets": checks,
+            "kafka_vs_http_events_per_s": self.kafka_vs_http(),
             "workload": {"events": w.events, "event_bytes": w.event_bytes, "batch": w.batch,
                          "concurrency": w.concurrency, "keys": w.keys, "partitions": w.partitions,
                          "e2e_rate": w.rate, "e2e_tick_ms": w.tick_ms, "e2e_seconds": w.e2e.as_secs_f64()},
@@ -719,5 +823,141 @@ impl Report<'_> {
             ),
             &bars,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::hist::Histogram;
+
+    fn measured(target: &'static str, kind: Kind, events: u64) -> Row {
+        let mut latency = Histogram::new();
+        latency.record(Duration::from_millis(2));
+        Row {
+            target,
+            kind,
+            durability: "d",
+            version: "v".into(),
+            status: Status::Measured {
+                ingest: Ingest {
+                    events,
+                    seconds: 1.0,
+                    latency,
+                    capped: false,
+                    bytes_written: None,
+                },
+                e2e: None,
+            },
+        }
+    }
+
+    fn write_sync() -> WriteSync {
+        WriteSync {
+            write_bytes: 1 << 20,
+            ops: 100,
+            elapsed: Duration::from_secs(1),
+            latency: Histogram::new(),
+            capped: false,
+            per_second_mb: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_fetch_row_is_reported_but_stays_out_of_the_write_ratios() {
+        let w = load_workload();
+        let disk = Disk {
+            bandwidth: write_sync(),
+            small: write_sync(),
+        };
+        let machine = Machine::probe(std::path::Path::new("/"));
+        let rows = vec![
+            measured("gearbox-http", Kind::Write, 100_000),
+            measured("gearbox-kafka", Kind::Write, 150_000),
+            measured("gearbox-kafka-fetch", Kind::Read, 900_000),
+            measured("redis-streams", Kind::Write, 50_000),
+        ];
+        let report = Report {
+            w: &w,
+            disk: &disk,
+            machine: &machine,
+            rows: &rows,
+        };
+        let text = report.text();
+        let fetch_line = text
+            .lines()
+            .find(|l| l.starts_with("gearbox-kafka-fetch "))
+            .unwrap();
+        assert!(fetch_line.contains(" 900000 "), "{fetch_line}");
+        assert!(
+            fetch_line.contains(" 90.0 "),
+            "MB/s of event data: {fetch_line}"
+        );
+        let ratios: Vec<&str> = text
+            .split("ratios (events/s, gearbox target / peer):\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            ratios,
+            [
+                format!("  {:<22} 2.00x redis-streams", "gearbox-http"),
+                format!("  {:<22} 3.00x redis-streams", "gearbox-kafka"),
+            ]
+        );
+        assert!(
+            text.contains("gearbox-kafka / gearbox-http (events/s, same run): 1.50x"),
+            "{text}"
+        );
+        let json = report.json();
+        assert_eq!(json["kafka_vs_http_events_per_s"], 1.5);
+        let kinds: Vec<&str> = json["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["write", "write", "read", "write"]);
+        assert_eq!(json["results"][2]["events_per_s"], 900_000.0);
+        assert!(report.svg().contains("gearbox-kafka-fetch"));
+    }
+
+    #[test]
+    fn without_both_gearbox_servers_there_is_no_kafka_ratio() {
+        let w = load_workload();
+        let disk = Disk {
+            bandwidth: write_sync(),
+            small: write_sync(),
+        };
+        let machine = Machine::probe(std::path::Path::new("/"));
+        let rows = vec![
+            measured("gearbox-http", Kind::Write, 100_000),
+            skipped("gearbox-kafka", FSYNC_BEFORE_ACK, "why".into()),
+        ];
+        let report = Report {
+            w: &w,
+            disk: &disk,
+            machine: &machine,
+            rows: &rows,
+        };
+        assert!(!report.text().contains("gearbox-kafka / gearbox-http"));
+        assert!(report.json()["kafka_vs_http_events_per_s"].is_null());
+    }
+
+    fn load_workload() -> Workload {
+        Workload {
+            events: 10,
+            event_bytes: 100,
+            batch: 10,
+            concurrency: 1,
+            keys: 1,
+            partitions: 1,
+            rate: 100,
+            tick_ms: 10,
+            e2e: Duration::from_secs(1),
+            seconds_max: Duration::from_secs(10),
+        }
     }
 }
