@@ -142,6 +142,8 @@ pub async fn create_topics(
                     });
                 match outcome {
                     Ok(p) => {
+                        // Null on success, as Kafka answers (the codec's default is empty).
+                        out.error_message = None;
                         if version >= 5 {
                             out.num_partitions = p as i32;
                             out.replication_factor = 1;

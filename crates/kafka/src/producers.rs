@@ -46,6 +46,8 @@ struct Producer {
     epoch: i16,
     recent: VecDeque<Recent>,
     used: u64,
+    /// The epoch was bumped here (InitProducerId): its first batch must start at sequence 0.
+    bumped: bool,
 }
 
 /// One partition's producers, shared by the requests writing to it.
@@ -188,6 +190,7 @@ impl Producers {
                 let mut p = lock(p);
                 p.epoch = epoch;
                 p.recent.clear();
+                p.bumped = true;
             }
         }
     }
@@ -309,6 +312,7 @@ impl Producers {
                     p.epoch = seq.epoch;
                     p.recent.clear();
                 }
+                p.bumped = false;
                 push_recent(
                     &mut p,
                     Recent {
@@ -369,7 +373,8 @@ fn check(p: &Producer, seq: Sequenced) -> Result<Check, Refusal> {
     if seq.epoch > p.epoch || p.recent.is_empty() {
         // A new epoch starts at 0. A producer with no state here (new, or forgotten) is
         // accepted at any sequence, as Kafka does since KIP-360.
-        if seq.epoch > p.epoch && seq.first_seq != 0 && !p.recent.is_empty() {
+        let known = !p.recent.is_empty() || (p.bumped && seq.epoch == p.epoch);
+        if (seq.epoch > p.epoch || p.bumped) && seq.first_seq != 0 && known {
             return Err(Refusal::new(
                 ResponseError::OutOfOrderSequenceNumber,
                 format!(
@@ -458,6 +463,12 @@ mod tests {
         assert_eq!(bad.code, ResponseError::OutOfOrderSequenceNumber.code());
         // No state: any sequence is accepted.
         assert_eq!(check(&with(&[], 0), seq(0, 42, 1)), Ok(Check::Append));
+        // Bumped here: the bumped epoch starts at 0.
+        let mut bumped = with(&[], 5);
+        bumped.bumped = true;
+        let e = check(&bumped, seq(5, 3, 1)).unwrap_err();
+        assert_eq!(e.code, ResponseError::OutOfOrderSequenceNumber.code());
+        assert_eq!(check(&bumped, seq(5, 0, 1)), Ok(Check::Append));
     }
 
     #[test]

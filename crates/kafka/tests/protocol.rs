@@ -931,15 +931,20 @@ fn retries_are_answered_with_the_first_offset_and_gaps_and_old_epochs_are_refuse
         (r.error_code, r.producer_id.0, r.producer_epoch),
         (0, pid, epoch + 1)
     );
-    // FIXME(kafka-proto report, bug 3): Kafka refuses a bumped epoch's first batch unless it
-    // starts at sequence 0 (OUT_OF_ORDER_SEQUENCE_NUMBER); `Producers::bump` clears the
-    // producer's batches, and a producer without batches is accepted at any sequence. Asserted
-    // as it is; real clients restart at 0 after a bump anyway.
+    // The bumped epoch must start at sequence 0, as with Kafka.
     let p = produce(&mut c, "t", producer_batch(pid, epoch + 1, 3, &[b"g"]));
-    assert_eq!(p.error_code, 0, "{:?}", p.error_message);
-    assert_eq!(p.base_offset, 6);
     assert_eq!(
-        produce_ok(&mut c, "t", producer_batch(pid, epoch + 1, 4, &[b"g"])),
+        p.error_code,
+        code(ResponseError::OutOfOrderSequenceNumber),
+        "{:?}",
+        p.error_message
+    );
+    assert_eq!(
+        produce_ok(&mut c, "t", producer_batch(pid, epoch + 1, 0, &[b"g"])),
+        6
+    );
+    assert_eq!(
+        produce_ok(&mut c, "t", producer_batch(pid, epoch + 1, 1, &[b"g"])),
         7
     );
     let p = produce(&mut c, "t", producer_batch(pid, epoch, 6, &[b"h"]));
