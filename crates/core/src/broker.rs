@@ -1626,7 +1626,13 @@ impl Broker {
         name: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), BrokerError> {
-        self.commit_cursor(topic, name, offsets, false, Vec::new())
+        self.commit_cursor(
+            topic,
+            name,
+            offsets,
+            false,
+            raw::commit_marks(topic, name, offsets),
+        )
     }
 
     /// Commits cursor offsets; `also` is written in the same transaction.

@@ -229,6 +229,12 @@ fn group_offsets_are_a_cursor_subscription_that_may_rewind() {
         b.group_offsets("t", "http").unwrap(),
         Some(vec![Some(5), Some(0)])
     );
+    // A commit over HTTP to a group's subscription counts as the group's.
+    b.commit("t", "g", &[(1, 0)]).unwrap();
+    assert_eq!(
+        b.group_offsets("t", "g").unwrap(),
+        Some(vec![Some(2), Some(0)])
+    );
     // Deleting the subscription deletes its marks: a new group starts afresh.
     b.delete_subscription("t", "g").unwrap();
     b.commit_group_offsets("t", "g", &[(1, 0)]).unwrap();

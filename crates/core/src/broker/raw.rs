@@ -32,6 +32,15 @@ fn mark(topic: &str, group: &str, row: u32) -> Write {
     }
 }
 
+/// The rows that say `offsets`' partitions were committed: written with every cursor commit
+/// (over HTTP too), under the subscription's key, so deleting it deletes them.
+pub(super) fn commit_marks(topic: &str, name: &str, offsets: &[(u32, u64)]) -> Vec<Write> {
+    offsets
+        .iter()
+        .map(|&(p, _)| mark(topic, name, COMMITTED | p))
+        .collect()
+}
+
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendedBatch {
@@ -286,12 +295,7 @@ impl Broker {
                 Err(e) => return Err(e),
             }
         }
-        // Rows under the subscription's key, so deleting it deletes them.
-        marks.extend(
-            offsets
-                .iter()
-                .map(|&(p, _)| mark(topic, group, COMMITTED | p)),
-        );
+        marks.extend(commit_marks(topic, group, offsets));
         self.commit_cursor(topic, group, offsets, true, marks)
     }
 
