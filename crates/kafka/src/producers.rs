@@ -57,6 +57,8 @@ type Shared = Arc<Mutex<PartitionProducers>>;
 struct PartitionProducers {
     producers: HashMap<i64, Arc<Mutex<Producer>>>,
     tick: u64,
+    /// Rebuilt from the log (done once, on first use, under this partition's own lock).
+    loaded: bool,
 }
 
 /// A batch's producer fields.
@@ -195,15 +197,21 @@ impl Producers {
         }
     }
 
+    /// The partition's producers, rebuilt from the log on first use. The rebuild holds only
+    /// this partition's lock, so other partitions' produces do not wait for it.
     fn partition(&self, topic: &str, partition: u32) -> Shared {
-        let key = (topic.to_string(), partition);
-        let mut parts = lock(&self.partitions);
-        if let Some(p) = parts.get(&key) {
-            return p.clone();
+        let shared = lock(&self.partitions)
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .clone();
+        {
+            let mut p = lock(&shared);
+            if !p.loaded {
+                *p = self.rebuild(topic, partition);
+                p.loaded = true;
+            }
         }
-        let rebuilt = Arc::new(Mutex::new(self.rebuild(topic, partition)));
-        parts.insert(key, rebuilt.clone());
-        rebuilt
+        shared
     }
 
     /// The producers of the partition's last [`STATE_SCAN_OFFSETS`] offsets, from the batch
