@@ -15,9 +15,9 @@
 //!   server's largest answer), decoding each batch (CRC and records) as a consumer would.
 //! - **Produce-to-consume**: the paced producer sends Produce requests; one consumer long-polls
 //!   Fetch (`max_wait_ms` [`POLL_WAIT_MS`], `min_bytes` 1) on every partition and reads each
-//!   event's `ce_sentns` header. Unlike the HTTP consumer it commits nothing: the listener's
-//!   group coordinator is not there yet, and a consumer that tracks its own offsets is an
-//!   ordinary Kafka consumer.
+//!   event's `ce_sentns` header. Unlike the HTTP consumer it commits nothing (a consumer that
+//!   tracks its own offsets is an ordinary Kafka consumer), so its latency has no commit in it;
+//!   committing through the group coordinator is left for a later run.
 //!
 //! Limits: a response frame above [`RESPONSE_BYTES_MAX`] fails the call before anything is
 //! allocated for it, and every read and write gives up after [`IO_TIMEOUT`].
