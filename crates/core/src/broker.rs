@@ -1842,9 +1842,19 @@ fn encode(records: Vec<RecordInput>) -> Result<Vec<u8>, BrokerError> {
 }
 
 fn record_size(r: &RecordInput) -> usize {
-    r.key.as_ref().map_or(0, Vec::len)
-        + r.value.as_ref().map_or(0, Vec::len)
-        + r.headers
+    size_of_parts(r.key.as_ref(), r.value.as_ref(), &r.headers)
+}
+
+/// What a record's key, value and headers count against [`EVENT_BYTES_MAX`] (a produced
+/// record and a published event alike).
+fn size_of_parts(
+    key: Option<&Vec<u8>>,
+    value: Option<&Vec<u8>>,
+    headers: &[gearbox_log::batch::RecordHeader],
+) -> usize {
+    key.map_or(0, Vec::len)
+        + value.map_or(0, Vec::len)
+        + headers
             .iter()
             .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len) + 2)
             .sum::<usize>()

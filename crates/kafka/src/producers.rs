@@ -248,13 +248,9 @@ impl Producers {
                 let tick = out.tick;
                 let entry = out.producers.entry(s.producer_id).or_default();
                 let mut p = lock(entry);
-                if s.epoch != p.epoch {
-                    p.epoch = s.epoch;
-                    p.recent.clear();
-                }
                 p.used = tick;
-                push_recent(
-                    &mut p,
+                p.record(
+                    s.epoch,
                     Recent {
                         first_seq: s.first_seq,
                         last_seq: s.last_seq,
@@ -316,13 +312,8 @@ impl Producers {
             }),
             Check::Append => {
                 let a = self.broker.append_batch(topic, partition, bytes)?;
-                if seq.epoch != p.epoch {
-                    p.epoch = seq.epoch;
-                    p.recent.clear();
-                }
-                p.bumped = false;
-                push_recent(
-                    &mut p,
+                p.record(
+                    seq.epoch,
                     Recent {
                         first_seq: seq.first_seq,
                         last_seq: seq.last_seq,
@@ -346,6 +337,18 @@ fn placed(a: AppendedBatch, duplicate: bool) -> Placed {
     Placed {
         base_offset: a.base_offset,
         duplicate,
+    }
+}
+
+impl Producer {
+    /// A batch this producer wrote at `epoch`: a new epoch forgets the old one's batches.
+    fn record(&mut self, epoch: i16, r: Recent) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.recent.clear();
+        }
+        self.bumped = false;
+        push_recent(self, r);
     }
 }
 

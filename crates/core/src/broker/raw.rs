@@ -61,13 +61,7 @@ fn header<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
 }
 
 fn record_bytes(r: &Record) -> usize {
-    r.key.as_ref().map_or(0, Vec::len)
-        + r.value.as_ref().map_or(0, Vec::len)
-        + r.headers
-            .iter()
-            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len) + 2)
-            .sum::<usize>()
-        + 32
+    super::size_of_parts(r.key.as_ref(), r.value.as_ref(), &r.headers)
 }
 
 impl Broker {
