@@ -11,11 +11,13 @@
 //! after the sink reported its write durable.
 
 pub mod backbone;
+pub mod batch;
 pub mod breaker;
 pub mod metrics;
 pub mod ratelimit;
 pub mod retry;
 pub mod runtime;
+pub mod schedule;
 pub mod secret;
 pub mod sink;
 pub mod source;

@@ -129,6 +129,10 @@ pub struct ComponentMetrics {
     paused: AtomicBool,
     failed: Mutex<Option<String>>,
     gauges: Mutex<Vec<Gauge>>,
+    /// A scheduled source's run log.
+    runs: std::sync::OnceLock<std::sync::Arc<crate::schedule::RunLog>>,
+    /// A replay asked for by an operator, taken by the sink pipeline's task.
+    replay: Mutex<Option<gearbox_core::subscription::Start>>,
 }
 
 /// A connector's own gauge, read when `/metrics` renders: `gearbox_<kind>_<name>{pipeline}`, such
@@ -215,7 +219,37 @@ impl ComponentMetrics {
             paused: AtomicBool::new(false),
             failed: Mutex::new(None),
             gauges: Mutex::new(Vec::new()),
+            runs: std::sync::OnceLock::new(),
+            replay: Mutex::new(None),
         }
+    }
+
+    /// Attaches a scheduled source's run log (once).
+    pub fn set_runs(&self, runs: std::sync::Arc<crate::schedule::RunLog>) {
+        let _ = self.runs.set(runs);
+    }
+
+    /// The run log, for a scheduled source.
+    #[must_use]
+    pub fn runs(&self) -> Option<&std::sync::Arc<crate::schedule::RunLog>> {
+        self.runs.get()
+    }
+
+    /// Asks the pipeline to re-read its topic from `start` (a sink pipeline takes it at its next
+    /// batch). A later request replaces one not yet taken.
+    pub fn request_replay(&self, start: gearbox_core::subscription::Start) {
+        *self
+            .replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(start);
+    }
+
+    /// The pending replay request, taken.
+    pub fn take_replay(&self) -> Option<gearbox_core::subscription::Start> {
+        self.replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Counts events received.

@@ -276,6 +276,9 @@ impl<B: Backbone> Runtime<B> {
     pub fn spawn_source<S: Source>(&mut self, pipeline: SourcePipeline, source: S) {
         let metrics = self.metrics(&pipeline.common, Kind::Source, source.kind());
         metrics.add_gauges(source.gauges());
+        if let Some(runs) = source.runs() {
+            metrics.set_runs(runs);
+        }
         let task = SourceTask {
             backbone: self.backbone.clone(),
             metrics,
@@ -575,11 +578,18 @@ impl<B: Backbone> SourceTask<B> {
             records,
             cursor,
             token,
+            rejected,
         } = batch;
-        self.metrics.received(records.len());
+        self.metrics.received(records.len() + rejected.len());
+        let name = &self.pipeline.common.name;
         let outputs: Vec<Vec<Output>> = records
             .into_iter()
             .map(|r| process(&self.pipeline, r))
+            .chain(
+                rejected
+                    .iter()
+                    .map(|r| vec![dead(name, &r.record, "read", &r.error)]),
+            )
             .collect();
         match self.append(&outputs).await {
             Ok(outcomes) => {
@@ -1273,9 +1283,14 @@ impl<B: Backbone> TxSinkTask<B> {
                 next.insert(partition, gap_to);
             }
             if read.events.is_empty() && read.skipped.is_empty() {
-                // Nothing after the positions: caught up.
+                // Nothing after the positions: caught up. A sink that batches writes (on a time
+                // policy) gets the chance to commit what it holds.
                 self.lag.store(0, std::sync::atomic::Ordering::Relaxed);
                 self.metrics.set_lag(0);
+                if let Err(e) = sink.idle().await {
+                    self.metrics.error("idle", e.kind());
+                    tracing::warn!(pipeline = %name, error = %e, "the sink's idle flush failed; it is tried again");
+                }
                 continue;
             }
             self.metrics.received(read.events.len());

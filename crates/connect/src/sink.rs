@@ -106,4 +106,13 @@ pub trait TransactionalSink: Send + 'static {
         batch: &[SinkRecord],
         positions: &[(u32, u64)],
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Called when the pipeline has caught up with its topic (at most every
+    /// [`crate::runtime::SINK_POLL_WAIT_MS`]): a sink that holds applied records back to write
+    /// them in larger units (a Parquet micro-batch on a time policy) commits them here once its
+    /// policy says so. Such a sink's [`TransactionalSink::positions`] must cover only what it has
+    /// committed, so that what it held is read again after a crash.
+    fn idle(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
 }

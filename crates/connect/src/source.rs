@@ -29,6 +29,18 @@ pub struct SourceBatch {
     pub cursor: Option<String>,
     /// Handed back in `ack` or `nack`.
     pub token: Option<AckToken>,
+    /// Records the source could not read (a malformed CSV line, say): dead-lettered with their
+    /// error, which names where each came from (file and line, query row), after `records`.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A record a source read but could not turn into a draft event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// What was read, as well as it could be represented (the raw line as a string, say).
+    pub record: Value,
+    /// Why, naming where it came from and the field.
+    pub error: String,
 }
 
 impl std::fmt::Debug for SourceBatch {
@@ -37,6 +49,7 @@ impl std::fmt::Debug for SourceBatch {
             .field("records", &self.records.len())
             .field("cursor", &self.cursor)
             .field("token", &self.token.is_some())
+            .field("rejected", &self.rejected.len())
             .finish()
     }
 }
@@ -133,7 +146,8 @@ pub trait Source: Send + 'static {
         records_max: usize,
     ) -> impl Future<Output = Result<Option<SourceBatch>, SourceError>> + Send;
 
-    /// The batch is durable: commit to the gear. `outcomes` has one entry per record.
+    /// The batch is durable: commit to the gear. `outcomes` has one entry per record, then one
+    /// per rejected record.
     fn ack(
         &mut self,
         token: Option<AckToken>,
@@ -147,5 +161,11 @@ pub trait Source: Send + 'static {
     /// when the pipeline starts.
     fn gauges(&self) -> Vec<crate::metrics::Gauge> {
         Vec::new()
+    }
+
+    /// A scheduled source's run log (history, next run, triggers), shown by the API and the
+    /// dashboard; attached to the pipeline's metrics when it starts.
+    fn runs(&self) -> Option<std::sync::Arc<crate::schedule::RunLog>> {
+        None
     }
 }

@@ -692,6 +692,7 @@ impl HttpPoll {
         };
         Some(SourceBatch {
             records,
+            rejected: Vec::new(),
             cursor,
             token: Some(Box::new(Ticket { position })),
         })

@@ -964,6 +964,7 @@ impl Source for Mqtt {
             .collect();
         Ok(Some(SourceBatch {
             records,
+            rejected: Vec::new(),
             cursor: None,
             token: Some(Box::new(Token(held))),
         }))

@@ -1013,6 +1013,7 @@ impl<M: Mapper> Engine<M> {
                 self.inflight_cursor = Some(cursor.clone());
                 return Ok(Some(SourceBatch {
                     records: Vec::new(),
+                    rejected: Vec::new(),
                     cursor: Some(cursor),
                     token: Some(Box::new(EngineToken {
                         confirm: consistent,
@@ -1095,6 +1096,7 @@ impl<M: Mapper> Engine<M> {
             self.inflight_cursor = Some(cursor.clone());
             return Ok(Some(SourceBatch {
                 records,
+                rejected: Vec::new(),
                 cursor: Some(cursor),
                 token: Some(Box::new(EngineToken {
                     confirm: snap.consistent,
@@ -1389,6 +1391,7 @@ impl<M: Mapper> Engine<M> {
         self.inflight_cursor = Some(cursor.clone());
         SourceBatch {
             records,
+            rejected: Vec::new(),
             cursor: Some(cursor),
             token: Some(Box::new(EngineToken {
                 confirm: self.safe,

@@ -362,6 +362,7 @@ impl Source for WebhookSource {
         let (records, replies): (Vec<Value>, Vec<Reply>) = items.into_iter().unzip();
         Ok(Some(SourceBatch {
             records,
+            rejected: Vec::new(),
             cursor: None,
             token: Some(Box::new(replies)),
         }))
