@@ -37,6 +37,9 @@ pub enum SinkDecl {
     /// A Postgres table built by key, effectively-once.
     #[cfg(feature = "postgres")]
     PostgresUpsert(crate::postgres::upsert::UpsertConfig),
+    /// Parquet files, hive-partitioned by date, committed effectively-once.
+    #[cfg(feature = "parquet")]
+    Parquet(gearbox_warehouse::ParquetConfig),
 }
 
 /// Every source type compiled in, for error messages.
@@ -59,6 +62,8 @@ pub const SINK_TYPES: &[&str] = &[
     "http",
     #[cfg(feature = "postgres")]
     "postgres_upsert",
+    #[cfg(feature = "parquet")]
+    "parquet",
 ];
 
 impl SourceDecl {
@@ -106,7 +111,9 @@ impl SinkDecl {
             SinkDecl::Http(_) => "http",
             #[cfg(feature = "postgres")]
             SinkDecl::PostgresUpsert(_) => "postgres_upsert",
-            #[cfg(not(any(feature = "http", feature = "postgres")))]
+            #[cfg(feature = "parquet")]
+            SinkDecl::Parquet(_) => "parquet",
+            #[cfg(not(any(feature = "http", feature = "postgres", feature = "parquet")))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -119,7 +126,9 @@ impl SinkDecl {
             SinkDecl::Http(c) => c.validate(),
             #[cfg(feature = "postgres")]
             SinkDecl::PostgresUpsert(c) => c.validate(),
-            #[cfg(not(any(feature = "http", feature = "postgres")))]
+            #[cfg(feature = "parquet")]
+            SinkDecl::Parquet(c) => c.validate(),
+            #[cfg(not(any(feature = "http", feature = "postgres", feature = "parquet")))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -213,7 +222,13 @@ pub fn start_sink<B: Backbone>(
             runtime.spawn_transactional_sink(pipeline, sink);
             Ok(())
         }
-        #[cfg(not(any(feature = "http", feature = "postgres")))]
+        #[cfg(feature = "parquet")]
+        SinkDecl::Parquet(c) => {
+            let sink = build!(gearbox_warehouse::ParquetSink::new(c.clone()));
+            runtime.spawn_transactional_sink(pipeline, sink);
+            Ok(())
+        }
+        #[cfg(not(any(feature = "http", feature = "postgres", feature = "parquet")))]
         _ => {
             let _ = (runtime, pipeline);
             unreachable!("no sink type is compiled in")
