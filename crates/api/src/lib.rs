@@ -13,6 +13,7 @@ mod ingest;
 mod lineage;
 mod metrics;
 mod pipelines;
+pub mod reconcile;
 mod registry;
 
 use crate::error::ApiError;
@@ -56,6 +57,8 @@ pub struct AppState {
     hooks: HashMap<String, gearbox_connectors::webhook::WebhookEndpoint>,
     /// What `/metrics` encodes.
     metrics: prometheus_client::registry::Registry,
+    /// The Parquet sink pipelines that `POST /v1/reconcile` can compare with their topics.
+    warehouses: Arc<reconcile::Warehouses>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -96,6 +99,7 @@ impl AppState {
             publish_in_flight_max: publish_in_flight_max.max(1),
             pipelines,
             hooks: HashMap::new(),
+            warehouses: Arc::default(),
         })
     }
 
@@ -116,11 +120,13 @@ impl AppState {
             pipelines,
             hooks,
             Vec::new(),
+            Arc::default(),
         )
     }
 
     /// [`AppState::with_pipelines`], with more collectors behind `/metrics` (the Kafka
-    /// listener's, which this crate does not know).
+    /// listener's, which this crate does not know), and the Parquet sink pipelines that can be
+    /// reconciled.
     #[must_use]
     pub fn with_collectors(
         broker: Arc<Broker>,
@@ -129,11 +135,13 @@ impl AppState {
         pipelines: Arc<gearbox_connect::metrics::Registry>,
         hooks: Vec<gearbox_connectors::webhook::WebhookEndpoint>,
         collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
+        warehouses: Arc<reconcile::Warehouses>,
     ) -> Arc<AppState> {
         let mut metrics = metrics_registry(&broker, &pipelines);
         for c in collectors {
             metrics.register_collector(c);
         }
+        metrics.register_collector(Box::new(reconcile::Collector(warehouses.clone())));
         Arc::new(AppState {
             metrics,
             broker,
@@ -144,6 +152,7 @@ impl AppState {
                 .into_iter()
                 .map(|h| (h.path().to_string(), h))
                 .collect(),
+            warehouses,
         })
     }
 }
@@ -208,6 +217,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(pipelines::runs).post(pipelines::trigger),
         )
         .route("/v1/pipelines/{name}/replay", post(pipelines::replay))
+        .route("/v1/reconcile", post(reconcile::handle))
         .route("/metrics", get(pipelines::metrics))
         .route("/v1/events/{id}/trace", get(lineage::trace))
         .route("/v1/traces", get(lineage::traces))

@@ -755,3 +755,61 @@ pub fn run_now(server: &str, pipeline: &str, watermark: Option<&str>) -> anyhow:
     };
     print_json(&c.post(&format!("/v1/pipelines/{pipeline}/runs"), &body)?)
 }
+
+/// `gearbox reconcile PIPELINE`: compare a Parquet sink pipeline's topic with its files.
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    /// The Parquet sink pipeline.
+    pub pipeline: String,
+    /// Only events at or after this RFC 3339 time (their `time` attribute).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only events before this RFC 3339 time.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// A numeric field to sum on both sides (repeatable): `--sum data.qty`.
+    #[arg(long)]
+    pub sum: Vec<String>,
+    /// Buckets: a field (`data.store`), `hour` or `day`.
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Sample ids per kind of difference and bucket.
+    #[arg(long)]
+    pub samples: Option<u64>,
+}
+
+/// Differences a reconcile found that lag does not explain: `gearbox reconcile` exits with
+/// status 2 (1 means it could not run).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} difference(s) between the topic and its Parquet files are not explained by lag")]
+pub struct Unexplained(pub u64);
+
+/// Prints the report (one JSON document) and a one-line verdict on stderr.
+///
+/// # Errors
+/// [`Unexplained`], or the server's error.
+pub fn reconcile(server: &str, args: &ReconcileArgs) -> anyhow::Result<()> {
+    let c = Client::new(server);
+    let mut body = json!({ "pipeline": args.pipeline, "sum": args.sum });
+    for (k, v) in [("from", &args.from), ("to", &args.to), ("by", &args.by)] {
+        if let Some(v) = v {
+            body[k] = json!(v);
+        }
+    }
+    if let Some(n) = args.samples {
+        body["samples"] = json!(n);
+    }
+    let report = c.post("/v1/reconcile", &body)?;
+    print_json(&report)?;
+    let unexplained = report["unexplained"].as_u64().unwrap_or(0);
+    eprintln!(
+        "{}: {} ({} explained by lag, {unexplained} unexplained)",
+        args.pipeline,
+        report["status"].as_str().unwrap_or("?"),
+        report["lag"].as_u64().unwrap_or(0),
+    );
+    if unexplained > 0 {
+        return Err(Unexplained(unexplained).into());
+    }
+    Ok(())
+}

@@ -98,6 +98,29 @@ pub const KAFKA_LISTEN_DEFAULT: &str = "127.0.0.1:9092";
 /// Most partitions a Kafka auto-created topic may be given.
 pub const KAFKA_DEFAULT_PARTITIONS_MAX: u32 = 1024;
 
+/// Most entries in the `reconcile` section.
+pub const RECONCILES_MAX: usize = 64;
+
+/// One entry of the `reconcile` section: compare a Parquet sink pipeline's topic with its files
+/// on a schedule (`docs/warehouse.md`); the result is exported as `gearbox_reconcile_*` metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileDecl {
+    /// The Parquet sink pipeline.
+    pub pipeline: String,
+    /// When to run.
+    pub schedule: gearbox_connect::schedule::ScheduleConfig,
+    /// Numeric fields to sum on both sides (`data.qty`).
+    #[serde(default)]
+    pub sum: Vec<String>,
+    /// Buckets: a field (`data.store`), `hour` or `day`.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// Only events of the last `window_ms` (by their `time`); default: everything retained.
+    #[serde(default)]
+    pub window_ms: Option<u64>,
+}
+
 /// The `kafka` section: the Kafka wire-protocol listener (`docs/kafka.md`).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +292,30 @@ pub struct Config {
     pub lineage: LineageDecl,
     /// The Kafka listener, when the section is present.
     pub kafka: Option<KafkaDecl>,
+    /// Scheduled stream-versus-warehouse reconciles.
+    pub reconcile: Vec<ReconcileDecl>,
+}
+
+impl Config {
+    /// The Parquet sink pipelines: name → (topic, output directory).
+    #[must_use]
+    pub fn warehouses(&self) -> std::collections::BTreeMap<String, (String, std::path::PathBuf)> {
+        self.pipelines
+            .iter()
+            .filter_map(|p| match p {
+                #[cfg(feature = "parquet")]
+                Pipeline::Sink {
+                    pipeline,
+                    decl: SinkDecl::Parquet(c),
+                    ..
+                } => Some((
+                    pipeline.common.name.clone(),
+                    (pipeline.from.clone(), c.path.clone()),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// One problem, with its path in the file.
@@ -356,12 +403,12 @@ impl Config {
             }
         };
         for key in root.keys() {
-            if !["topics", "pipelines", "lineage", "kafka"].contains(&key.as_str()) {
+            if !["topics", "pipelines", "lineage", "kafka", "reconcile"].contains(&key.as_str()) {
                 issues.push(Issue {
                     path: key.clone(),
-                    message:
-                        "unknown section (expected `topics`, `pipelines`, `lineage` or `kafka`)"
-                            .into(),
+                    message: "unknown section (expected `topics`, `pipelines`, `lineage`, \
+                              `kafka` or `reconcile`)"
+                        .into(),
                 });
             }
         }
@@ -461,13 +508,45 @@ impl Config {
                 pipelines.push(p);
             }
         }
+        let raw = list(&root, "reconcile", &mut issues);
+        if raw.len() > RECONCILES_MAX {
+            issues.push(Issue {
+                path: "reconcile".into(),
+                message: format!("at most {RECONCILES_MAX} entries"),
+            });
+        }
+        let mut config = Config {
+            topics,
+            pipelines,
+            lineage,
+            kafka,
+            reconcile: Vec::new(),
+        };
+        let warehouses = config.warehouses();
+        for (i, r) in raw.iter().enumerate() {
+            let at = format!("reconcile[{i}]");
+            let Ok(decl) = typed::<ReconcileDecl>(r, &at).map_err(|e| issues.push(e)) else {
+                continue;
+            };
+            if !warehouses.contains_key(&decl.pipeline) {
+                issues.push(Issue {
+                    path: format!("{at}.pipeline"),
+                    message: format!(
+                        "{:?} is not a pipeline with a `parquet` sink in this file",
+                        decl.pipeline
+                    ),
+                });
+            }
+            for (path, message) in decl.schedule.validate() {
+                issues.push(Issue {
+                    path: format!("{at}.schedule.{path}"),
+                    message,
+                });
+            }
+            config.reconcile.push(decl);
+        }
         if issues.is_empty() {
-            Ok(Config {
-                topics,
-                pipelines,
-                lineage,
-                kafka,
-            })
+            Ok(config)
         } else {
             Err(Invalid(issues))
         }

@@ -60,6 +60,9 @@ enum Command {
     Run(client::RunArgs),
     /// Run a scheduled (batch) pipeline now from an older watermark.
     Backfill(client::BackfillArgs),
+    /// Compare a Parquet sink pipeline's topic with its files: matches, differences explained by
+    /// lag, and unexplained differences with sample ids (exit status 2 when there are any).
+    Reconcile(client::ReconcileArgs),
     /// Inspect and redrive dead-lettered events.
     #[command(subcommand)]
     Dlq(client::DlqCommand),
@@ -82,6 +85,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<client::Unexplained>().is_some() => {
+            // The reconcile ran and found differences: a distinct status for scripts.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
         Err(e) => {
             // One readable line (plus the server's hint); no backtrace for an operating error.
             eprintln!("error: {e:#}");
@@ -106,6 +114,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Replay(args) => client::replay(&cli.server.server, args),
         Command::Runs(args) => client::runs(&cli.server.server, args),
         Command::Run(args) => client::run_now(&cli.server.server, &args.pipeline, None),
+        Command::Reconcile(args) => client::reconcile(&cli.server.server, args),
         Command::Backfill(args) => {
             client::run_now(&cli.server.server, &args.pipeline, Some(&args.from))
         }

@@ -154,6 +154,29 @@ pub(crate) async fn serve(
                 as Box<dyn prometheus_client::collector::Collector>
         })
         .collect();
+    let warehouses = Arc::new(gearbox_api::reconcile::Warehouses::new(
+        config
+            .as_ref()
+            .map(|c| {
+                c.warehouses()
+                    .into_iter()
+                    .map(|(name, (topic, path))| {
+                        (name, gearbox_api::reconcile::Warehouse { topic, path })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    ));
+    if let Some(config) = &config {
+        for decl in &config.reconcile {
+            tokio::spawn(scheduled_reconcile(
+                broker.clone(),
+                warehouses.clone(),
+                decl.clone(),
+                shutdown_tx.subscribe(),
+            ));
+        }
+    }
     let app = router(AppState::with_collectors(
         broker.clone(),
         shutdown_rx,
@@ -161,6 +184,7 @@ pub(crate) async fn serve(
         registry,
         hooks,
         collectors,
+        warehouses,
     ));
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
@@ -221,6 +245,63 @@ async fn wait_for_signal() {
         }
         Err(_) => {
             let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// Runs one `reconcile:` entry on its schedule until shutdown; each result updates the
+/// `gearbox_reconcile_*` metrics, and unexplained differences are logged as errors.
+async fn scheduled_reconcile(
+    broker: Arc<Broker>,
+    warehouses: Arc<gearbox_api::reconcile::Warehouses>,
+    decl: crate::config::ReconcileDecl,
+    mut stop: watch::Receiver<bool>,
+) {
+    let schedule = match gearbox_connect::schedule::Schedule::new(&decl.schedule) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(pipeline = %decl.pipeline, error = %e, "reconcile schedule");
+            return;
+        }
+    };
+    loop {
+        let now = chrono::Utc::now().timestamp_millis();
+        let Some(next) = schedule.next_after(now) else {
+            return;
+        };
+        let wait = std::time::Duration::from_millis((next - now).max(0) as u64);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let to = chrono::Utc::now();
+        let request = gearbox_api::reconcile::Request {
+            pipeline: decl.pipeline.clone(),
+            from: decl.window_ms.map(|w| {
+                (to - chrono::Duration::milliseconds(w as i64))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }),
+            to: None,
+            sum: decl.sum.clone(),
+            by: decl.by.clone(),
+            samples: None,
+        };
+        let (b, w) = (broker.clone(), warehouses.clone());
+        let result =
+            tokio::task::spawn_blocking(move || gearbox_api::reconcile::run(&b, &w, &request))
+                .await;
+        match result {
+            Ok(Ok(report)) if report.unexplained_total() > 0 => {
+                tracing::error!(pipeline = %decl.pipeline, unexplained = report.unexplained_total(),
+                    lag = report.lag_total(), "reconcile: the warehouse differs from the topic");
+            }
+            Ok(Ok(report)) => {
+                tracing::info!(pipeline = %decl.pipeline, lag = report.lag_total(), "reconcile: match");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(pipeline = %decl.pipeline, error = %e.message, "reconcile failed");
+            }
+            Err(e) => tracing::error!(pipeline = %decl.pipeline, error = %e, "reconcile panicked"),
         }
     }
 }

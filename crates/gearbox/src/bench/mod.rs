@@ -8,6 +8,8 @@
 //! Shared pieces live here: a scratch directory that is always removed (unless `--keep`), the
 //! machine facts printed with every result, and small JSON helpers (no serde in this crate).
 
+#[cfg(all(feature = "postgres", feature = "files"))]
+mod batch;
 mod chart;
 pub mod disk;
 mod embedded;
@@ -67,6 +69,14 @@ pub enum BenchCommand {
     /// Works in a schema of its own on `--url`, dropped afterwards.
     #[cfg(feature = "postgres")]
     Postgres(postgres::PostgresArgs),
+    /// The batch layer on one CSV export: the `files` import into the log and the Parquet sink,
+    /// side by side with `COPY` into Postgres and DuckDB reading (and writing Parquet from) the
+    /// same file; rows/s, MB/s and ratios.
+    ///
+    /// Works in a scratch directory and a Postgres schema of its own, both removed afterwards;
+    /// the DuckDB cases need `--python` with the `duckdb` package (`.ci/python-env`).
+    #[cfg(all(feature = "postgres", feature = "files"))]
+    Batch(batch::BatchArgs),
 }
 
 /// Runs the suite, or one benchmark.
@@ -80,6 +90,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Http(args)) => http::run(args),
         #[cfg(feature = "postgres")]
         Some(BenchCommand::Postgres(args)) => postgres::run(args),
+        #[cfg(all(feature = "postgres", feature = "files"))]
+        Some(BenchCommand::Batch(args)) => batch::run(args),
     }
 }
 
