@@ -38,7 +38,7 @@ impl Rng {
 
 fn order(n: usize) -> Value {
     // Around midnight: a batch spans two dates.
-    let time = if n % 2 == 0 {
+    let time = if n.is_multiple_of(2) {
         format!("2026-11-23T23:59:{:02}.{:03}Z", n % 60, n % 1000)
     } else {
         format!("2026-11-24T00:00:{:02}.{:03}Z", n % 60, n % 1000)
@@ -289,8 +289,11 @@ pipelines:
         "seed {seed}: the files barely grew across kills: {committed_at_kill:?}"
     );
     assert!(events.len() >= sent.load(Ordering::Relaxed));
+    // How many kills landed between the renames of a group (recovery removed it), for the log.
+    let incomplete = server.log_text().matches("incomplete group").count();
     eprintln!(
-        "warehouse_crash: {} events, {} files, {KILLS} SIGKILLs, {:.1}s",
+        "warehouse_crash: {} events, {} files, {KILLS} SIGKILLs, {incomplete} incomplete groups \
+         removed at restarts, {:.1}s",
         events.len(),
         files["files"],
         started.elapsed().as_secs_f64()
