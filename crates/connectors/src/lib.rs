@@ -2,6 +2,8 @@
 //! runtime's [`gearbox_connect::source::Source`] and [`gearbox_connect::sink::Sink`] traits and
 //! nothing else: retries, dead-lettering, cursors, metrics and health come from the runtime.
 
+#[cfg(any(feature = "files", feature = "sql"))]
+pub mod batch;
 #[cfg(feature = "http")]
 pub mod http_delivery;
 #[cfg(feature = "http")]

@@ -25,6 +25,12 @@ pub enum SourceDecl {
     /// The transactional-outbox relay.
     #[cfg(feature = "postgres")]
     PostgresOutbox(crate::postgres::outbox::OutboxConfig),
+    /// Export files (CSV, JSONL, Parquet) on a schedule.
+    #[cfg(feature = "files")]
+    Files(crate::batch::files::FilesConfig),
+    /// A SQL query with a watermark on a schedule.
+    #[cfg(feature = "sql")]
+    Sql(crate::batch::sql::SqlConfig),
 }
 
 /// A sink section.
@@ -54,6 +60,10 @@ pub const SOURCE_TYPES: &[&str] = &[
     "postgres_cdc",
     #[cfg(feature = "postgres")]
     "postgres_outbox",
+    #[cfg(feature = "files")]
+    "files",
+    #[cfg(feature = "sql")]
+    "sql",
 ];
 
 /// Every sink type compiled in.
@@ -81,6 +91,10 @@ impl SourceDecl {
             SourceDecl::PostgresCdc(_) => "postgres_cdc",
             #[cfg(feature = "postgres")]
             SourceDecl::PostgresOutbox(_) => "postgres_outbox",
+            #[cfg(feature = "files")]
+            SourceDecl::Files(_) => "files",
+            #[cfg(feature = "sql")]
+            SourceDecl::Sql(_) => "sql",
         }
     }
 
@@ -98,6 +112,10 @@ impl SourceDecl {
             SourceDecl::PostgresCdc(c) => c.validate(),
             #[cfg(feature = "postgres")]
             SourceDecl::PostgresOutbox(c) => c.validate(),
+            #[cfg(feature = "files")]
+            SourceDecl::Files(c) => c.validate(),
+            #[cfg(feature = "sql")]
+            SourceDecl::Sql(c) => c.validate(),
         }
     }
 }
@@ -189,6 +207,24 @@ pub fn start_source<B: Backbone>(
         #[cfg(feature = "postgres")]
         SourceDecl::PostgresOutbox(c) => {
             let source = build!(crate::postgres::outbox::PostgresOutbox::new(c.clone()));
+            runtime.spawn_source(pipeline, source);
+        }
+        #[cfg(feature = "files")]
+        SourceDecl::Files(c) => {
+            let job = build!(crate::batch::files::FilesJob::new(
+                c.clone(),
+                &pipeline.common.name
+            ));
+            let source = build!(gearbox_connect::schedule::Scheduled::new(job, &c.schedule));
+            runtime.spawn_source(pipeline, source);
+        }
+        #[cfg(feature = "sql")]
+        SourceDecl::Sql(c) => {
+            let job = build!(crate::batch::sql::SqlJob::new(
+                c.clone(),
+                &pipeline.common.name
+            ));
+            let source = build!(gearbox_connect::schedule::Scheduled::new(job, &c.schedule));
             runtime.spawn_source(pipeline, source);
         }
     }
