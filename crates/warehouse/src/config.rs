@@ -174,7 +174,9 @@ impl ParquetConfig {
                     if name == DATE_KEY {
                         bad(
                             "partition_by",
-                            format!("{name:?} is the date level's name; partition by another field"),
+                            format!(
+                                "{name:?} is the date level's name; partition by another field"
+                            ),
                         );
                     }
                 }

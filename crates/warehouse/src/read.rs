@@ -236,7 +236,8 @@ pub fn read_rows(path: &Path, select: &Select) -> Result<Vec<WarehouseRow>, Read
         path: path.to_path_buf(),
         source,
     })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format(e.to_string()))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format(e.to_string()))?;
     let needs_data = select
         .numbers
         .iter()

@@ -298,9 +298,8 @@ pub fn reconcile<I: IntoIterator<Item = StreamEvent>>(
         Some(GroupBy::Field(f)) => Some(Field::parse(f)?),
         _ => None,
     };
-    let in_window = |t: i64| {
-        options.from_ms.is_none_or(|f| t >= f) && options.to_ms.is_none_or(|e| t < e)
-    };
+    let in_window =
+        |t: i64| options.from_ms.is_none_or(|f| t >= f) && options.to_ms.is_none_or(|e| t < e);
     let bucket_of_time = |t: i64| -> String {
         let at = chrono::DateTime::from_timestamp_millis(t).unwrap_or_default();
         match options.by {
@@ -497,7 +496,15 @@ mod tests {
     fn stream() -> Vec<StreamEvent> {
         (0..2)
             .flat_map(|p| {
-                (0..6).map(move |o| event(p, o, (o / 2) as i64, ["a", "b"][o as usize % 2], 1 + o as i64))
+                (0..6).map(move |o| {
+                    event(
+                        p,
+                        o,
+                        (o / 2) as i64,
+                        ["a", "b"][o as usize % 2],
+                        1 + o as i64,
+                    )
+                })
             })
             .collect()
     }
@@ -512,7 +519,10 @@ mod tests {
         b.apply(Vec::new(), &start, Instant::now()).unwrap();
         let rows = events
             .iter()
-            .filter(|e| upto.iter().any(|&(p, end)| p == e.partition && e.offset < end))
+            .filter(|e| {
+                upto.iter()
+                    .any(|&(p, end)| p == e.partition && e.offset < end)
+            })
             .map(|e| {
                 let r = SinkRecord {
                     id: e.id.clone(),
@@ -593,7 +603,9 @@ mod tests {
         assert_eq!(files.len(), 2);
         // Duplicate: partition 0's file again, as if a group had been committed twice.
         let p0 = files.iter().find(|f| f.partition == 0).unwrap();
-        let copy = p0.path.with_file_name(crate::files::file_name(0, 6, 9, 1, 1));
+        let copy = p0
+            .path
+            .with_file_name(crate::files::file_name(0, 6, 9, 1, 1));
         std::fs::copy(&p0.path, &copy).unwrap();
         // Extra: the stream lacks (1, 5); differs: (1, 4) has another id in the stream.
         s.retain(|e| (e.partition, e.offset) != (1, 5));
@@ -638,21 +650,45 @@ mod tests {
         let mut o = options();
         o.rows_max = 11;
         let e = reconcile(s.clone(), dir.path(), &o).unwrap_err();
-        assert!(matches!(e, ReconcileError::TooManyRows { side: "stream", limit: 11 }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ReconcileError::TooManyRows {
+                    side: "stream",
+                    limit: 11
+                }
+            ),
+            "{e}"
+        );
         o.rows_max = 5;
         let partial: Vec<StreamEvent> = s.iter().take(1).cloned().collect();
         let e = reconcile(partial, dir.path(), &o).unwrap_err();
-        assert!(matches!(e, ReconcileError::TooManyRows { side: "warehouse", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ReconcileError::TooManyRows {
+                    side: "warehouse",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         o.rows_max = ROWS_MAX_MAX + 1;
         assert!(matches!(
             reconcile(s.clone(), dir.path(), &o).unwrap_err(),
-            ReconcileError::Option { field: "rows_max", .. }
+            ReconcileError::Option {
+                field: "rows_max",
+                ..
+            }
         ));
         let mut o = options();
         o.samples = SAMPLES_MAX + 1;
         assert!(matches!(
             reconcile(s.clone(), dir.path(), &o).unwrap_err(),
-            ReconcileError::Option { field: "samples", .. }
+            ReconcileError::Option {
+                field: "samples",
+                ..
+            }
         ));
         let mut o = options();
         o.sum = vec!["extension.x".into()];

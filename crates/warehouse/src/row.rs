@@ -5,9 +5,7 @@
 //! refuses exactly the records that [`Extractor::row`] cannot turn into a row. Every refusal
 //! names the column (or attribute) and the path.
 
-use crate::config::{
-    ColumnType, DATE_KEY, PARTITION_VALUE_BYTES_MAX, ParquetConfig, parse_path,
-};
+use crate::config::{ColumnType, DATE_KEY, PARTITION_VALUE_BYTES_MAX, ParquetConfig, parse_path};
 use gearbox_connect::sink::SinkRecord;
 use serde_json::Value;
 
@@ -64,7 +62,10 @@ impl Extractor {
     pub fn new(config: &ParquetConfig) -> Extractor {
         let partition_by = config.partition_by.as_ref().map(|p| {
             let segments = parse_path(p).expect("a validated config");
-            (segments.last().expect("a path has a segment").clone(), segments)
+            (
+                segments.last().expect("a path has a segment").clone(),
+                segments,
+            )
         });
         let columns = config
             .columns
@@ -116,8 +117,9 @@ impl Extractor {
         let subject = text("subject")?;
         let time_ms = match v.get("time") {
             None | Some(Value::Null) => record.time_ms.unwrap_or(now_ms),
-            Some(Value::String(s)) => rfc3339_ms(s)
-                .ok_or_else(|| format!("time: {s:?} is not an RFC 3339 timestamp"))?,
+            Some(Value::String(s)) => {
+                rfc3339_ms(s).ok_or_else(|| format!("time: {s:?} is not an RFC 3339 timestamp"))?
+            }
             Some(other) => {
                 return Err(format!(
                     "time: the time column holds timestamps; the event's time is {}",
@@ -141,9 +143,8 @@ impl Extractor {
             .format("%Y-%m-%d");
         let mut bucket = format!("{DATE_KEY}={date}");
         if let Some((name, segments)) = &self.partition_by {
-            let value = partition_value(lookup(v, segments)).map_err(|why| {
-                format!("partition_by ({}): {why}", segments.join("."))
-            })?;
+            let value = partition_value(lookup(v, segments))
+                .map_err(|why| format!("partition_by ({}): {why}", segments.join(".")))?;
             bucket.push('/');
             bucket.push_str(name);
             bucket.push('=');

@@ -88,13 +88,13 @@ impl Batcher {
     }
 
     /// Records buffered and not yet committed.
-    #[must_use]
+    #[cfg(test)]
     pub fn buffered_records(&self) -> usize {
         self.records
     }
 
     /// Bytes buffered (estimated).
-    #[must_use]
+    #[cfg(test)]
     pub fn buffered_bytes(&self) -> u64 {
         self.bytes
     }
@@ -126,8 +126,14 @@ impl Batcher {
             if Walk::complete(found, *n) {
                 continue;
             }
-            tracing::warn!(partition = p, first, last, parts = n, present = found.len(),
-                "removing an incomplete group of Parquet files (a crash between its renames)");
+            tracing::warn!(
+                partition = p,
+                first,
+                last,
+                parts = n,
+                present = found.len(),
+                "removing an incomplete group of Parquet files (a crash between its renames)"
+            );
             for f in found {
                 std::fs::remove_file(&f.path)?;
                 touched.extend(f.path.parent().map(PathBuf::from));
@@ -168,7 +174,11 @@ impl Batcher {
                     self.taken.insert(p, o + 1);
                 }
                 last = Some(at);
-                if self.taken.get(&row.partition).is_some_and(|&t| row.offset < t) {
+                if self
+                    .taken
+                    .get(&row.partition)
+                    .is_some_and(|&t| row.offset < t)
+                {
                     last = None;
                     continue;
                 }
@@ -213,10 +223,9 @@ impl Batcher {
         if self.records == 0 {
             return false;
         }
-        let buckets = self
-            .buffer
-            .get(&row.partition)
-            .map_or(0, |b| b.buckets.len() + usize::from(!b.buckets.contains(&row.bucket)));
+        let buckets = self.buffer.get(&row.partition).map_or(0, |b| {
+            b.buckets.len() + usize::from(!b.buckets.contains(&row.bucket))
+        });
         self.records + 1 > self.config.records_max
             || self.bytes + row.bytes as u64 > self.config.bytes_max
             || buckets > FILES_PER_BATCH_MAX
@@ -246,7 +255,11 @@ impl Batcher {
             done.rows += rows;
         }
         self.oldest = None;
-        if self.taken.iter().any(|(p, t)| self.committed.get(p) < Some(t)) {
+        if self
+            .taken
+            .iter()
+            .any(|(p, t)| self.committed.get(p) < Some(t))
+        {
             let mut all = self.committed.clone();
             for (&p, &t) in &self.taken {
                 let e = all.entry(p).or_insert(t);
@@ -264,7 +277,12 @@ impl Batcher {
             return Ok((0, 0));
         };
         let end = self.taken[&p];
-        let low = b.rows.iter().map(|r| r.offset).min().expect("a buffer has rows");
+        let low = b
+            .rows
+            .iter()
+            .map(|r| r.offset)
+            .min()
+            .expect("a buffer has rows");
         let first = self.committed.get(&p).copied().unwrap_or(low);
         let last = end - 1;
         // The data guard: a group covers exactly the offsets after the previous one.
@@ -329,7 +347,9 @@ impl ParquetSink {
     ) -> Result<T, SinkError> {
         let batcher = self.batcher.clone();
         let out = tokio::task::spawn_blocking(move || {
-            let mut b = batcher.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut b = batcher
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&mut b)
         })
         .await
@@ -449,7 +469,11 @@ mod tests {
         assert_eq!(b.buffered_records(), 2);
         assert!(read::scan(dir.path()).unwrap().is_empty());
         b.apply(rows(&config, &rs[2..]), &[(0, 4)], now).unwrap();
-        assert_eq!(b.buffered_records(), 1, "the fourth waits in the next batch");
+        assert_eq!(
+            b.buffered_records(),
+            1,
+            "the fourth waits in the next batch"
+        );
         let files = read::scan(dir.path()).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(
@@ -474,7 +498,11 @@ mod tests {
         for o in 0..20 {
             let r = record(0, o, T, json!({"p": payload}));
             b.apply(rows(&config, &[r]), &[(0, o + 1)], now).unwrap();
-            assert!(b.buffered_bytes() <= config.bytes_max, "{}", b.buffered_bytes());
+            assert!(
+                b.buffered_bytes() <= config.bytes_max,
+                "{}",
+                b.buffered_bytes()
+            );
         }
         assert!(read::scan(dir.path()).unwrap().len() >= 4);
         let sink = ParquetSink::new(config.clone()).unwrap();
@@ -491,8 +519,12 @@ mod tests {
         let mut b = batcher(&config);
         let t0 = Instant::now();
         b.apply(Vec::new(), &[(0, 0), (1, 0)], t0).unwrap();
-        b.apply(rows(&config, &[record(0, 0, T, json!(1))]), &[(0, 1), (1, 0)], t0)
-            .unwrap();
+        b.apply(
+            rows(&config, &[record(0, 0, T, json!(1))]),
+            &[(0, 1), (1, 0)],
+            t0,
+        )
+        .unwrap();
         b.idle(t0 + Duration::from_millis(499)).unwrap();
         assert_eq!(b.buffered_records(), 1);
         b.idle(t0 + Duration::from_millis(500)).unwrap();
@@ -500,12 +532,20 @@ mod tests {
         assert_eq!(b.committed(), vec![(0, 1), (1, 0)]);
         // On apply too, when the pipeline never idles.
         let t1 = t0 + Duration::from_secs(1);
-        b.apply(rows(&config, &[record(1, 0, T, json!(1))]), &[(0, 1), (1, 1)], t1)
-            .unwrap();
+        b.apply(
+            rows(&config, &[record(1, 0, T, json!(1))]),
+            &[(0, 1), (1, 1)],
+            t1,
+        )
+        .unwrap();
         assert_eq!(b.buffered_records(), 1);
         let t2 = t1 + Duration::from_millis(600);
-        b.apply(rows(&config, &[record(1, 1, T, json!(1))]), &[(0, 1), (1, 2)], t2)
-            .unwrap();
+        b.apply(
+            rows(&config, &[record(1, 1, T, json!(1))]),
+            &[(0, 1), (1, 2)],
+            t2,
+        )
+        .unwrap();
         assert_eq!(b.buffered_records(), 0);
         assert_eq!(b.committed(), vec![(0, 1), (1, 2)]);
     }
@@ -564,7 +604,11 @@ mod tests {
         b.apply(rows(&config, &rs), &[(0, n + 1)], now).unwrap();
         let files = read::scan(dir.path()).unwrap();
         assert_eq!(files.len(), FILES_PER_BATCH_MAX);
-        assert!(files.iter().all(|f| f.parts == FILES_PER_BATCH_MAX && f.complete));
+        assert!(
+            files
+                .iter()
+                .all(|f| f.parts == FILES_PER_BATCH_MAX && f.complete)
+        );
         assert_eq!(b.buffered_records(), 1);
     }
 
@@ -576,11 +620,17 @@ mod tests {
         let mut b = batcher(&config);
         let now = Instant::now();
         b.apply(Vec::new(), &[(0, 0), (1, 0)], now).unwrap();
-        let first: Vec<SinkRecord> = (0..3).map(|o| record(0, o, T, json!({"s": o % 2}))).collect();
-        b.apply(rows(&config, &first), &[(0, 3), (1, 0)], now).unwrap();
+        let first: Vec<SinkRecord> = (0..3)
+            .map(|o| record(0, o, T, json!({"s": o % 2})))
+            .collect();
+        b.apply(rows(&config, &first), &[(0, 3), (1, 0)], now)
+            .unwrap();
         b.commit().unwrap();
-        let second: Vec<SinkRecord> = (3..6).map(|o| record(0, o, T, json!({"s": o % 2}))).collect();
-        b.apply(rows(&config, &second), &[(0, 6), (1, 0)], now).unwrap();
+        let second: Vec<SinkRecord> = (3..6)
+            .map(|o| record(0, o, T, json!({"s": o % 2})))
+            .collect();
+        b.apply(rows(&config, &second), &[(0, 6), (1, 0)], now)
+            .unwrap();
         b.commit().unwrap();
         // A crash between the renames of the second group: its second file never appeared, and
         // a temporary was left behind.
@@ -590,9 +640,10 @@ mod tests {
             .iter()
             .find(|f| f.first_offset == 3 && f.part == 2)
             .unwrap();
-        let tmp = lost
-            .path
-            .with_file_name(format!(".{}.tmp", lost.path.file_name().unwrap().to_string_lossy()));
+        let tmp = lost.path.with_file_name(format!(
+            ".{}.tmp",
+            lost.path.file_name().unwrap().to_string_lossy()
+        ));
         std::fs::rename(&lost.path, &tmp).unwrap();
         assert_eq!(
             read::scan(dir.path())
@@ -610,10 +661,14 @@ mod tests {
         assert_eq!(left.len(), 2);
         assert!(left.iter().all(|f| f.complete && f.first_offset == 0));
         // The runtime reads from 3 again: every offset ends up in exactly one file.
-        b.apply(rows(&config, &second), &[(0, 6), (1, 0)], now).unwrap();
+        b.apply(rows(&config, &second), &[(0, 6), (1, 0)], now)
+            .unwrap();
         b.commit().unwrap();
         let got = committed_rows(dir.path());
-        assert_eq!(got.keys().copied().collect::<Vec<_>>(), (0..6).map(|o| (0, o)).collect::<Vec<_>>());
+        assert_eq!(
+            got.keys().copied().collect::<Vec<_>>(),
+            (0..6).map(|o| (0, o)).collect::<Vec<_>>()
+        );
         assert!(got.values().all(|&n| n == 1), "{got:?}");
     }
 
@@ -624,20 +679,38 @@ mod tests {
         let mut b = batcher(&config);
         let now = Instant::now();
         b.apply(Vec::new(), &[(0, 100), (1, 7)], now).unwrap();
-        assert_eq!(Batcher::new(config.clone()).unwrap().recover().unwrap(), vec![(0, 100), (1, 7)]);
+        assert_eq!(
+            Batcher::new(config.clone()).unwrap().recover().unwrap(),
+            vec![(0, 100), (1, 7)]
+        );
         // A group past the positions file: the group's end wins.
-        b.apply(rows(&config, &[record(1, 7, T, json!(1))]), &[(0, 100), (1, 8)], now)
-            .unwrap();
+        b.apply(
+            rows(&config, &[record(1, 7, T, json!(1))]),
+            &[(0, 100), (1, 8)],
+            now,
+        )
+        .unwrap();
         b.commit().unwrap();
         let mut again = Batcher::new(config.clone()).unwrap();
         assert_eq!(again.recover().unwrap(), vec![(0, 100), (1, 8)]);
         // Positions held while rows are buffered are not stored before the rows.
-        again.apply(rows(&config, &[record(1, 8, T, json!(1))]), &[(0, 100), (1, 9)], now)
+        again
+            .apply(
+                rows(&config, &[record(1, 8, T, json!(1))]),
+                &[(0, 100), (1, 9)],
+                now,
+            )
             .unwrap();
         again.apply(Vec::new(), &[(0, 150), (1, 9)], now).unwrap();
-        assert_eq!(Batcher::new(config.clone()).unwrap().recover().unwrap(), vec![(0, 100), (1, 8)]);
+        assert_eq!(
+            Batcher::new(config.clone()).unwrap().recover().unwrap(),
+            vec![(0, 100), (1, 8)]
+        );
         again.commit().unwrap();
-        assert_eq!(Batcher::new(config).unwrap().recover().unwrap(), vec![(0, 150), (1, 9)]);
+        assert_eq!(
+            Batcher::new(config).unwrap().recover().unwrap(),
+            vec![(0, 150), (1, 9)]
+        );
     }
 
     #[test]
@@ -679,16 +752,29 @@ mod tests {
             );
         }
         let sink = ParquetSink::new(config).unwrap();
-        let good = json!({"qty": 3, "price": 1.5, "ok": true, "at": "2026-01-01T00:00:00Z", "store": "s"});
+        let good =
+            json!({"qty": 3, "price": 1.5, "ok": true, "at": "2026-01-01T00:00:00Z", "store": "s"});
         sink.check(&record(0, 0, T, good.clone())).unwrap();
         sink.check(&record(0, 0, T, json!({}))).unwrap();
         for (field, value, column) in [
             ("qty", json!("3"), "columns.qty (path data.qty, type int64)"),
             ("qty", json!(1.5), "columns.qty (path data.qty, type int64)"),
-            ("price", json!("x"), "columns.price (path data.price, type float64)"),
+            (
+                "price",
+                json!("x"),
+                "columns.price (path data.price, type float64)",
+            ),
             ("ok", json!(1), "columns.ok (path data.ok, type bool)"),
-            ("at", json!("yesterday"), "columns.at (path data.at, type timestamp)"),
-            ("store", json!(7), "columns.store (path data.store, type string)"),
+            (
+                "at",
+                json!("yesterday"),
+                "columns.at (path data.at, type timestamp)",
+            ),
+            (
+                "store",
+                json!(7),
+                "columns.store (path data.store, type string)",
+            ),
         ] {
             let mut data = good.clone();
             data[field] = value;
@@ -720,7 +806,10 @@ mod tests {
         check(&|c| c.interval_ms = INTERVAL_MS_MIN - 1, "interval_ms");
         check(&|c| c.path = PathBuf::new(), "path");
         check(&|c| c.partition_by = Some("data..x".into()), "partition_by");
-        check(&|c| c.partition_by = Some("data.date".into()), "partition_by");
+        check(
+            &|c| c.partition_by = Some("data.date".into()),
+            "partition_by",
+        );
         let column = |path: &str| ColumnConfig {
             path: path.into(),
             kind: ColumnType::Int64,
@@ -733,19 +822,31 @@ mod tests {
             },
             "columns",
         );
-        check(&|c| {
-            c.columns.insert("offset".into(), column("data.x"));
-        }, "columns.offset");
-        check(&|c| {
-            c.columns.insert("Qty".into(), column("data.x"));
-        }, "columns.Qty");
-        check(&|c| {
-            c.columns.insert("qty".into(), column(""));
-        }, "columns.qty.path");
+        check(
+            &|c| {
+                c.columns.insert("offset".into(), column("data.x"));
+            },
+            "columns.offset",
+        );
+        check(
+            &|c| {
+                c.columns.insert("Qty".into(), column("data.x"));
+            },
+            "columns.Qty",
+        );
+        check(
+            &|c| {
+                c.columns.insert("qty".into(), column(""));
+            },
+            "columns.qty.path",
+        );
         let deep = vec!["a"; PATH_SEGMENTS_MAX + 1].join(".");
-        check(&|c| {
-            c.columns.insert("qty".into(), column(&deep));
-        }, "columns.qty.path");
+        check(
+            &|c| {
+                c.columns.insert("qty".into(), column(&deep));
+            },
+            "columns.qty.path",
+        );
         let mut fine = ParquetConfig::new("/tmp/x");
         fine.records_max = RECORDS_MAX_MAX;
         fine.bytes_max = BYTES_MAX_MAX;
@@ -764,7 +865,10 @@ mod tests {
         assert_eq!(c.bytes_max, crate::config::BYTES_MAX_DEFAULT);
         assert_eq!(c.interval_ms, crate::config::INTERVAL_MS_DEFAULT);
         assert_eq!(c.compression, crate::config::Compression::Snappy);
-        assert!(serde_json::from_value::<ParquetConfig>(json!({"path": "/w", "recods_max": 1})).is_err());
+        assert!(
+            serde_json::from_value::<ParquetConfig>(json!({"path": "/w", "recods_max": 1}))
+                .is_err()
+        );
     }
 
     #[tokio::test]
