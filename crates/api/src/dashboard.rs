@@ -33,6 +33,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use gearbox_connect::metrics::{Health, Kind, Snapshot};
+use gearbox_connect::schedule::{Outcome, Run, RunLog};
 use gearbox_core::broker::{Broker, BrokerError, StoredEvent, SubscriptionInfo, TopicInfo};
 use gearbox_core::lineage::{Hop, TRACE_EVENTS_MAX, TRACE_HOPS_MAX};
 use std::collections::{HashMap, VecDeque};
@@ -85,6 +86,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/fragments/dlq/{topic}", get(dlq_fragment))
         .route("/ui/dlq/{topic}/redrive", post(redrive))
         .route("/ui/lineage", get(lineage_page))
+        .route("/ui/pipelines/{name}/runs", get(runs_page))
+        .route("/ui/fragments/pipelines/{name}/runs", get(runs_fragment))
         .route(
             "/ui/app.css",
             get(|| asset("text/css; charset=utf-8", APP_CSS)),
@@ -295,6 +298,148 @@ struct PipelineCard {
     dlq: String,
     dlq_href: Option<String>,
     failure: Option<String>,
+    schedule: Option<ScheduleCard>,
+}
+
+/// A scheduled pipeline's part of its card.
+struct ScheduleCard {
+    next_run: String,
+    last_run: String,
+    watermark: String,
+    href: String,
+}
+
+fn schedule_card(name: &str, log: &RunLog, now_ms: i64) -> ScheduleCard {
+    let v = log.view();
+    let last_run = match (&v.running, v.history.first()) {
+        (Some(r), _) => format!(
+            "running since {} ({} rows)",
+            age_text(now_ms, Some(r.started_ms)),
+            r.rows
+        ),
+        (None, Some(r)) => format!(
+            "{} {} · {} rows",
+            outcome_text(r.outcome),
+            age_text(now_ms, r.ended_ms),
+            r.rows
+        ),
+        (None, None) => "never".into(),
+    };
+    ScheduleCard {
+        next_run: v
+            .next_run_ms
+            .map_or_else(|| "—".into(), |t| format!("{} ({})", clock_text(t), v.cron)),
+        last_run,
+        watermark: v.watermark.unwrap_or_else(|| "—".into()),
+        href: format!("/ui/pipelines/{}/runs", query_escape(name)),
+    }
+}
+
+fn outcome_text(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Running => "running",
+        Outcome::Ok => "ok",
+        Outcome::Failed => "failed",
+        Outcome::Interrupted => "interrupted",
+    }
+}
+
+/// One row of the run history table.
+struct RunRow {
+    id: u64,
+    trigger: String,
+    started: String,
+    duration: String,
+    rows: u64,
+    appended: u64,
+    duplicates: u64,
+    dead_lettered: u64,
+    watermark_before: String,
+    watermark_after: String,
+    outcome: &'static str,
+    error: String,
+}
+
+fn run_row(r: &Run) -> RunRow {
+    RunRow {
+        id: r.id,
+        trigger: serde_json::to_value(r.trigger)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        started: chrono::DateTime::from_timestamp_millis(r.started_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default(),
+        duration: r.ended_ms.map_or_else(
+            || "—".into(),
+            |e| format!("{:.1} s", (e - r.started_ms) as f64 / 1000.0),
+        ),
+        rows: r.rows,
+        appended: r.appended,
+        duplicates: r.duplicates,
+        dead_lettered: r.dead_lettered,
+        watermark_before: r.watermark_before.clone().unwrap_or_else(|| "—".into()),
+        watermark_after: r.watermark_after.clone().unwrap_or_else(|| "—".into()),
+        outcome: outcome_text(r.outcome),
+        error: r.error.clone().unwrap_or_default(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "runs.html")]
+struct RunsPage {
+    name: String,
+    cron: String,
+    time_zone: String,
+    next_run: String,
+    watermark: String,
+    queued: bool,
+    running: Option<RunRow>,
+    runs: Vec<RunRow>,
+    rendered_at: String,
+}
+
+async fn render_runs(state: &AppState, name: String) -> Html {
+    let m = state.pipelines.get(&name).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            error_html(
+                StatusCode::NOT_FOUND,
+                &format!("no pipeline named {name:?}"),
+            ),
+        )
+    })?;
+    let Some(log) = m.runs() else {
+        return Err((
+            StatusCode::CONFLICT,
+            error_html(
+                StatusCode::CONFLICT,
+                &format!("pipeline {name:?} has no schedule (only batch sources do)"),
+            ),
+        ));
+    };
+    let v = log.view();
+    render(&RunsPage {
+        name,
+        cron: v.cron,
+        time_zone: v.time_zone,
+        next_run: v.next_run_ms.map_or_else(|| "—".into(), clock_text),
+        watermark: v.watermark.unwrap_or_else(|| "—".into()),
+        queued: v.queued.is_some(),
+        running: v.running.as_ref().map(run_row),
+        runs: v.history.iter().map(run_row).collect(),
+        rendered_at: clock_text(now_ms()),
+    })
+}
+
+async fn runs_page(crate::State(s): Shared, Path(name): Path<String>) -> Response {
+    let live = format!("/ui/fragments/pipelines/{}/runs", query_escape(&name));
+    let title = format!("Runs of {name}");
+    page(&title, "overview", Some(live), render_runs(&s, name).await)
+}
+
+async fn runs_fragment(crate::State(s): Shared, Path(name): Path<String>) -> Response {
+    fragment(render_runs(&s, name).await)
 }
 
 struct TopicCard {
@@ -457,6 +602,7 @@ fn pipeline_card(
         dlq,
         dlq_href,
         failure: s.failure.clone(),
+        schedule: None,
     }
 }
 
@@ -495,19 +641,21 @@ async fn render_overview(state: &AppState, sampler: &Sampler) -> Html {
                 .map(move |s| (s.name.as_str(), (t.info.name.as_str(), s)))
         })
         .collect();
-    let mut snapshots: Vec<Snapshot> = state
-        .pipelines
-        .all()
-        .iter()
-        .map(|m| m.snapshot(now))
-        .collect();
-    snapshots.sort_by(|a, b| {
+    let all = state.pipelines.all();
+    let mut snapshots: Vec<(Snapshot, Option<&Arc<RunLog>>)> =
+        all.iter().map(|m| (m.snapshot(now), m.runs())).collect();
+    snapshots.sort_by(|(a, _), (b, _)| {
         (health_rank(a.health), &a.pipeline).cmp(&(health_rank(b.health), &b.pipeline))
     });
     let pipelines: Vec<PipelineCard> = snapshots
         .iter()
-        .map(|s| pipeline_card(s, now, sampler, &subs))
+        .map(|(s, runs)| {
+            let mut card = pipeline_card(s, now, sampler, &subs);
+            card.schedule = runs.map(|log| schedule_card(&s.pipeline, log, now));
+            card
+        })
         .collect();
+    let snapshots: Vec<Snapshot> = snapshots.into_iter().map(|(s, _)| s).collect();
     let attention = snapshots.iter().filter(|s| s.health != Health::Ok).count();
     let by_health = [Health::Error, Health::Warn, Health::Paused, Health::Ok]
         .into_iter()

@@ -42,6 +42,8 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("schema_violation", 422),
     ("schema_required", 422),
     ("pipeline_not_found", 404),
+    ("pipeline_not_scheduled", 409),
+    ("replay_unsupported", 409),
     ("event_not_found", 404),
     ("lineage_disabled", 404),
     ("pipeline_unavailable", 503),

@@ -203,6 +203,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/pipelines/{name}", get(pipelines::get))
         .route("/v1/pipelines/{name}/pause", post(pipelines::pause))
         .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
+        .route(
+            "/v1/pipelines/{name}/runs",
+            get(pipelines::runs).post(pipelines::trigger),
+        )
+        .route("/v1/pipelines/{name}/replay", post(pipelines::replay))
         .route("/metrics", get(pipelines::metrics))
         .route("/v1/events/{id}/trace", get(lineage::trace))
         .route("/v1/traces", get(lineage::traces))

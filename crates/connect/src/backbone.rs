@@ -131,6 +131,17 @@ pub trait Backbone: Send + Sync + 'static {
         settings: Settings,
     ) -> impl Future<Output = Result<(), BackboneError>> + Send;
 
+    /// Starts a queue subscription over at `start` (a replay): its positions, locks and attempt
+    /// counts are dropped and it is created again with `settings`. Other subscriptions of the
+    /// topic are not touched.
+    fn restart_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: Settings,
+        start: Start,
+    ) -> impl Future<Output = Result<(), BackboneError>> + Send;
+
     /// Up to `max` deliveries, waiting up to `wait_ms` (capped at [`POLL_WAIT_MS_MAX`]) for one.
     fn poll(
         &self,
@@ -339,6 +350,25 @@ impl Backbone for Embedded {
             .await
     }
 
+    async fn restart_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: Settings,
+        start: Start,
+    ) -> Result<(), BackboneError> {
+        let (topic, name) = (topic.to_string(), name.to_string());
+        self.blocking(move |b| {
+            match b.delete_subscription(&topic, &name) {
+                Ok(()) | Err(gearbox_core::broker::BrokerError::SubscriptionNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            b.put_subscription_from(&topic, &name, settings, Some(start))
+                .map(drop)
+        })
+        .await
+    }
+
     async fn poll(
         &self,
         topic: &str,
@@ -375,6 +405,7 @@ impl Backbone for Embedded {
                         Start::Earliest => p.log_start_offset,
                         Start::Latest => p.high_watermark,
                         Start::Time(ms) => b.offset_for_time(&topic, p.partition, ms)?,
+                        Start::Offset(o) => o.clamp(p.log_start_offset, p.high_watermark),
                     };
                     Ok((p.partition, offset))
                 })

@@ -872,6 +872,20 @@ impl<B: Backbone> SinkTask<B> {
                 failures_in_a_row = 0;
                 continue;
             }
+            if let Some(start) = self.metrics.take_replay() {
+                // Between batches nothing is in flight: start the subscription over.
+                match self
+                    .backbone
+                    .restart_subscription(&from, &name, self.settings(), start)
+                    .await
+                {
+                    Ok(()) => tracing::info!(pipeline = %name, ?start, "replaying the topic"),
+                    Err(e) => {
+                        self.metrics.error("replay", "failed");
+                        tracing::error!(pipeline = %name, error = %e, "the replay could not start");
+                    }
+                }
+            }
             let permit = breaker.permit(now_ms());
             self.metrics.breaker(breaker.state());
             if let Permit::Rejected { retry_at_ms } = permit {
@@ -1239,6 +1253,24 @@ impl<B: Backbone> TxSinkTask<B> {
                     return Err(TxHalt::Stopped);
                 }
                 continue;
+            }
+            if let Some(start) = self.metrics.take_replay() {
+                // Rewind: the read ahead is dropped, and the positions at the gear move back
+                // with an empty apply, so a restart resumes the replay too.
+                match self.backbone.start_offsets(&from, start).await {
+                    Ok(offsets) => {
+                        prefetched = None;
+                        positions = offsets.into_iter().collect();
+                        let at: Vec<(u32, u64)> = positions.iter().map(|(&p, &o)| (p, o)).collect();
+                        self.gear("apply", &mut breaker, sink, Call::Apply(&[], &at))
+                            .await?;
+                        tracing::info!(pipeline = %name, ?start, "replaying the topic");
+                    }
+                    Err(e) => {
+                        self.metrics.error("replay", "failed");
+                        tracing::error!(pipeline = %name, error = %e, "the replay could not start");
+                    }
+                }
             }
             // Each read starts at the next partition, so that with more partitions than room in a
             // batch none waits behind the others for ever.

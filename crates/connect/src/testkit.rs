@@ -123,6 +123,17 @@ impl<B: Backbone> Backbone for Faulty<B> {
         self.inner.ensure_subscription(topic, name, settings)
     }
 
+    fn restart_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: Settings,
+        start: Start,
+    ) -> impl Future<Output = Result<(), BackboneError>> + Send {
+        self.inner
+            .restart_subscription(topic, name, settings, start)
+    }
+
     fn poll(
         &self,
         topic: &str,

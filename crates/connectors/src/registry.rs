@@ -43,6 +43,9 @@ pub enum SinkDecl {
     /// A Postgres table built by key, effectively-once.
     #[cfg(feature = "postgres")]
     PostgresUpsert(crate::postgres::upsert::UpsertConfig),
+    /// Parquet files, hive-partitioned by date, committed effectively-once.
+    #[cfg(feature = "parquet")]
+    Parquet(gearbox_warehouse::ParquetConfig),
 }
 
 /// Every source type compiled in, for error messages.
@@ -69,6 +72,8 @@ pub const SINK_TYPES: &[&str] = &[
     "http",
     #[cfg(feature = "postgres")]
     "postgres_upsert",
+    #[cfg(feature = "parquet")]
+    "parquet",
 ];
 
 impl SourceDecl {
@@ -124,7 +129,9 @@ impl SinkDecl {
             SinkDecl::Http(_) => "http",
             #[cfg(feature = "postgres")]
             SinkDecl::PostgresUpsert(_) => "postgres_upsert",
-            #[cfg(not(any(feature = "http", feature = "postgres")))]
+            #[cfg(feature = "parquet")]
+            SinkDecl::Parquet(_) => "parquet",
+            #[cfg(not(any(feature = "http", feature = "postgres", feature = "parquet")))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -137,7 +144,9 @@ impl SinkDecl {
             SinkDecl::Http(c) => c.validate(),
             #[cfg(feature = "postgres")]
             SinkDecl::PostgresUpsert(c) => c.validate(),
-            #[cfg(not(any(feature = "http", feature = "postgres")))]
+            #[cfg(feature = "parquet")]
+            SinkDecl::Parquet(c) => c.validate(),
+            #[cfg(not(any(feature = "http", feature = "postgres", feature = "parquet")))]
             _ => unreachable!("no sink type is compiled in"),
         }
     }
@@ -249,7 +258,13 @@ pub fn start_sink<B: Backbone>(
             runtime.spawn_transactional_sink(pipeline, sink);
             Ok(())
         }
-        #[cfg(not(any(feature = "http", feature = "postgres")))]
+        #[cfg(feature = "parquet")]
+        SinkDecl::Parquet(c) => {
+            let sink = build!(gearbox_warehouse::ParquetSink::new(c.clone()));
+            runtime.spawn_transactional_sink(pipeline, sink);
+            Ok(())
+        }
+        #[cfg(not(any(feature = "http", feature = "postgres", feature = "parquet")))]
         _ => {
             let _ = (runtime, pipeline);
             unreachable!("no sink type is compiled in")

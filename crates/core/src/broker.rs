@@ -1066,6 +1066,21 @@ impl Broker {
         name: &str,
         settings: Settings,
     ) -> Result<bool, BrokerError> {
+        self.put_subscription_from(topic, name, settings, None)
+    }
+
+    /// [`Broker::put_subscription`], with a new subscription starting at `from` instead of
+    /// `settings.start` (a replay keeps the configured settings but starts elsewhere).
+    ///
+    /// # Errors
+    /// As [`Broker::put_subscription`].
+    pub fn put_subscription_from(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: Settings,
+        from: Option<Start>,
+    ) -> Result<bool, BrokerError> {
         let entry = self.require(topic)?;
         if name.is_empty()
             || name.len() > 249
@@ -1086,10 +1101,11 @@ impl Broker {
         }
         let mut starts = Vec::new();
         for (p, part) in entry.topic.partitions().iter().enumerate() {
-            starts.push(match settings.start {
+            starts.push(match from.unwrap_or(settings.start) {
                 Start::Earliest => part.log_start_offset(),
                 Start::Latest => part.high_watermark(),
                 Start::Time(ms) => self.offset_for_time(topic, p as u32, ms)?,
+                Start::Offset(o) => o.clamp(part.log_start_offset(), part.high_watermark()),
             });
         }
         let (sub, writes) = Subscription::create(topic, name, settings, &starts);

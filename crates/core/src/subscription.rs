@@ -45,6 +45,9 @@ pub enum Start {
     Latest,
     /// At the first event ingested at or after this time (ms since the epoch).
     Time(i64),
+    /// At this offset in every partition, clamped to each partition's retained range (a replay
+    /// of a one-partition topic from a known offset).
+    Offset(u64),
 }
 
 /// Redelivery delay after a nack without `retry_in_ms`: `initial_ms * multiplier^(attempt-1)`,
@@ -139,6 +142,7 @@ impl Settings {
                 Start::Latest => json!("latest"),
                 Start::Time(ms) => json!(chrono::DateTime::from_timestamp_millis(ms)
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
+                Start::Offset(o) => json!(o),
             },
             "max_attempts": self.max_attempts,
             "lock_ms": self.lock_ms,
@@ -175,7 +179,15 @@ impl Settings {
                 })?;
                 s.start = Start::Time(time.timestamp_millis());
             }
-            Some(_) => return Err(("start", "must be a string".into())),
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                s.start = Start::Offset(n.as_u64().unwrap_or_default());
+            }
+            Some(_) => {
+                return Err((
+                    "start",
+                    "must be \"earliest\", \"latest\", an RFC 3339 time or an offset".into(),
+                ));
+            }
         }
         let uint = |name: &'static str,
                     v: Option<&Value>|

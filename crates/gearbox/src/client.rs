@@ -127,8 +127,14 @@ pub struct ConsumeArgs {
 /// `gearbox replay`
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// Topic to read.
-    pub topic: String,
+    /// Topic to read (with `--into`: the pipeline's own topic is re-read, and this is omitted).
+    #[arg(required_unless_present = "into", conflicts_with = "into")]
+    pub topic: Option<String>,
+    /// Re-read into this sink pipeline instead of printing: it starts over at `--offset`
+    /// (in every partition) or `--time` (or the topic's start), while every other pipeline and
+    /// subscription carries on untouched.
+    #[arg(long)]
+    pub into: Option<String>,
     /// Only this partition (default: all, one after another).
     #[arg(long)]
     pub partition: Option<u32>,
@@ -495,7 +501,17 @@ pub fn consume(server: &str, args: &ConsumeArgs) -> anyhow::Result<()> {
 /// An error reply or transport failure.
 pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<()> {
     let c = Client::new(server);
-    let topic = c.get(&format!("/v1/topics/{}", args.topic))?;
+    if let Some(pipeline) = &args.into {
+        let body = match (&args.offset, &args.time) {
+            (Some(o), _) => json!({ "offset": o }),
+            (None, Some(t)) => json!({ "time": t }),
+            (None, None) => json!({ "start": "earliest" }),
+        };
+        let reply = c.post(&format!("/v1/pipelines/{pipeline}/replay"), &body)?;
+        return print_json(&reply);
+    }
+    let topic_name = args.topic.as_deref().unwrap_or_default();
+    let topic = c.get(&format!("/v1/topics/{topic_name}"))?;
     let partitions: Vec<u64> = match args.partition {
         Some(p) => vec![u64::from(p)],
         None => (0..topic["partitions"].as_u64().unwrap_or(0)).collect(),
@@ -518,8 +534,7 @@ pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             let reply = c.get(&format!(
-                "/v1/topics/{}/partitions/{p}/events?{query}&max={want}",
-                args.topic
+                "/v1/topics/{topic_name}/partitions/{p}/events?{query}&max={want}"
             ))?;
             let events = reply["events"].as_array().cloned().unwrap_or_default();
             for e in &events {
@@ -692,4 +707,51 @@ mod tests {
         );
         assert!(line_to_event(&"x".repeat(LINE_BYTES_MAX + 1), &args(None)).is_err());
     }
+}
+
+/// `gearbox runs PIPELINE`: a scheduled pipeline's schedule and run history.
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    /// The pipeline.
+    pub pipeline: String,
+}
+
+/// Prints the schedule, the run in progress and the history (newest first), one JSON document.
+///
+/// # Errors
+/// The server's error (no such pipeline, not scheduled).
+pub fn runs(server: &str, args: &RunsArgs) -> anyhow::Result<()> {
+    let c = Client::new(server);
+    print_json(&c.get(&format!("/v1/pipelines/{}/runs", args.pipeline))?)
+}
+
+/// `gearbox run PIPELINE`: run a scheduled pipeline now.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The pipeline.
+    pub pipeline: String,
+}
+
+/// `gearbox backfill PIPELINE --from WATERMARK`: run a scheduled pipeline now from an older
+/// watermark (a file name or mtime watermark, a timestamp or id for SQL sources).
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The watermark to start from, as the pipeline stores it (`gearbox runs` shows it).
+    #[arg(long = "from")]
+    pub from: String,
+}
+
+/// Queues a run (after the one in progress, if any).
+///
+/// # Errors
+/// The server's error.
+pub fn run_now(server: &str, pipeline: &str, watermark: Option<&str>) -> anyhow::Result<()> {
+    let c = Client::new(server);
+    let body = match watermark {
+        Some(w) => json!({ "watermark": w }),
+        None => json!({}),
+    };
+    print_json(&c.post(&format!("/v1/pipelines/{pipeline}/runs"), &body)?)
 }

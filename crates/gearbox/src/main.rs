@@ -51,8 +51,15 @@ enum Command {
     Produce(client::ProduceArgs),
     /// Consume through a subscription, acking (queue) or committing (cursor) as it prints.
     Consume(client::ConsumeArgs),
-    /// Read a topic from an offset or a time, without a subscription.
+    /// Read a topic from an offset or a time, without a subscription; or (`--into`) make a sink
+    /// pipeline re-read its topic from there.
     Replay(client::ReplayArgs),
+    /// Show a scheduled pipeline's schedule and run history.
+    Runs(client::RunsArgs),
+    /// Run a scheduled (batch) pipeline now.
+    Run(client::RunArgs),
+    /// Run a scheduled (batch) pipeline now from an older watermark.
+    Backfill(client::BackfillArgs),
     /// Inspect and redrive dead-lettered events.
     #[command(subcommand)]
     Dlq(client::DlqCommand),
@@ -97,6 +104,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Produce(args) => client::produce(&cli.server.server, args),
         Command::Consume(args) => client::consume(&cli.server.server, args),
         Command::Replay(args) => client::replay(&cli.server.server, args),
+        Command::Runs(args) => client::runs(&cli.server.server, args),
+        Command::Run(args) => client::run_now(&cli.server.server, &args.pipeline, None),
+        Command::Backfill(args) => {
+            client::run_now(&cli.server.server, &args.pipeline, Some(&args.from))
+        }
         Command::Dlq(command) => client::dlq(&cli.server.server, command),
         Command::Trace(args) => client::trace(&cli.server.server, args),
         Command::Schemas(command) => schemas::run(&cli.server.server, command),
