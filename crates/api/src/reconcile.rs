@@ -14,11 +14,11 @@ use crate::{ApiResult, Shared, ok};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
+use gearbox_connect::metrics::{Labels, Number, family};
 use gearbox_core::broker::Broker;
 use gearbox_warehouse::reconcile::{
     GroupBy, ReconcileError, ReconcileOptions, Report, StreamEvent, reconcile,
 };
-use gearbox_connect::metrics::{Labels, Number, family};
 use prometheus_client::collector::Collector as PromCollector;
 use prometheus_client::encoding::DescriptorEncoder;
 use serde_json::{Value, json};
@@ -107,8 +107,11 @@ fn time_ms(field: &'static str, t: Option<&str>) -> Result<Option<i64>, ApiError
         chrono::DateTime::parse_from_rfc3339(t)
             .map(|t| t.timestamp_millis())
             .map_err(|e| {
-                ApiError::new("invalid_argument", format!("`{field}` is not RFC 3339: {e}"))
-                    .field(field)
+                ApiError::new(
+                    "invalid_argument",
+                    format!("`{field}` is not RFC 3339: {e}"),
+                )
+                .field(field)
             })
     })
     .transpose()
@@ -124,10 +127,11 @@ impl Request {
             match v.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(
-                    ApiError::new("malformed_json", format!("`{name}` must be a string"))
-                        .field(name),
-                ),
+                Some(_) => Err(ApiError::new(
+                    "malformed_json",
+                    format!("`{name}` must be a string"),
+                )
+                .field(name)),
             }
         };
         let pipeline = text("pipeline")?.ok_or_else(|| {
@@ -227,7 +231,11 @@ fn stream(broker: &Broker, topic: &str, rows_max: usize) -> Result<Vec<StreamEve
 ///
 /// # Errors
 /// An unknown pipeline, a bad option (named), an unreadable warehouse, or a window too large.
-pub fn run(broker: &Broker, warehouses: &Warehouses, request: &Request) -> Result<Report, ApiError> {
+pub fn run(
+    broker: &Broker,
+    warehouses: &Warehouses,
+    request: &Request,
+) -> Result<Report, ApiError> {
     let Some(w) = warehouses.get(&request.pipeline) else {
         return Err(ApiError::new(
             "pipeline_not_found",

@@ -158,7 +158,14 @@ fn publish_orders(server: &Server, range: std::ops::Range<usize>) {
 fn reconcile(server: &Server, pipeline: &str) -> (i32, Value, String) {
     let (code, out, err) = cli(
         server,
-        &["reconcile", pipeline, "--sum", "data.qty", "--by", "data.store"],
+        &[
+            "reconcile",
+            pipeline,
+            "--sum",
+            "data.qty",
+            "--by",
+            "data.store",
+        ],
     );
     let report = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
     (code, report, err)
@@ -264,11 +271,17 @@ pipelines:
     assert_eq!(first["rows"], rows, "{first}");
     assert_eq!(first["appended"], rows - 1, "{first}");
     assert_eq!(first["dead_lettered"], 1, "{first}");
-    assert_eq!(first["watermark_after"], "inventory-20261123.csv", "{first}");
+    assert_eq!(
+        first["watermark_after"], "inventory-20261123.csv",
+        "{first}"
+    );
     let (_, dlq) = server.get("/v1/topics/inventory/dlq");
     let dlq = dlq["events"].as_array().unwrap().clone();
     assert_eq!(dlq.len(), 1);
-    let why = dlq[0]["event"]["dlqerror"].as_str().unwrap_or_default().to_string();
+    let why = dlq[0]["event"]["dlqerror"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         why.contains(&format!("inventory-20261123.csv:{BAD_LINE}")) && why.contains("qty"),
         "the DLQ names the file, line and column: {why}"
@@ -279,7 +292,10 @@ pipelines:
     });
     let inventory_glob = parquet_glob(&lake.join("inventory"));
     let duck_count = |glob: &str| -> u64 {
-        duck(&server, &format!("SELECT count(*) FROM read_parquet('{glob}')"))[0][0]
+        duck(
+            &server,
+            &format!("SELECT count(*) FROM read_parquet('{glob}')"),
+        )[0][0]
             .as_u64()
             .unwrap()
     };
@@ -297,10 +313,7 @@ pipelines:
         .to_string();
     assert_eq!(pg_sum, lake_sum, "Postgres and Parquet agree on the stock");
     let offsets_after_first = end_offsets(&server, "inventory");
-    assert_eq!(
-        offsets_after_first.iter().sum::<u64>(),
-        (rows - 1) as u64
-    );
+    assert_eq!(offsets_after_first.iter().sum::<u64>(), (rows - 1) as u64);
 
     // The same export again under a new name: every event is a duplicate.
     std::fs::write(
@@ -351,12 +364,15 @@ pipelines:
     let listed: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(listed["cron"], "*/2 * * * * *");
     assert!(listed["runs"].as_array().unwrap().len() >= 4);
-    let page = ureq::get(&format!("{}/ui/pipelines/inventory-export/runs", server.url))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let page = ureq::get(&format!(
+        "{}/ui/pipelines/inventory-export/runs",
+        server.url
+    ))
+    .call()
+    .unwrap()
+    .body_mut()
+    .read_to_string()
+    .unwrap();
     assert!(page.contains("backfill") && page.contains("inventory-20261125.csv"));
     let (_, p) = server.get("/v1/pipelines/inventory-export");
     assert_eq!(p["schedule"]["watermark"], "inventory-20261125.csv", "{p}");
@@ -365,7 +381,10 @@ pipelines:
     let before = psql(&format!(
         "SELECT string_agg(store || sku || qty, ',' ORDER BY store, sku) FROM {s}.inventory"
     ));
-    let (code, out, err) = cli(&server, &["replay", "--into", "inventory-pg", "--offset", "0"]);
+    let (code, out, err) = cli(
+        &server,
+        &["replay", "--into", "inventory-pg", "--offset", "0"],
+    );
     assert_eq!(code, 0, "{out}{err}");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -411,7 +430,11 @@ pipelines:
         .iter()
         .find(|f| {
             let prefix = name(f).split('-').take(2).collect::<Vec<_>>().join("-");
-            files.iter().filter(|g| name(g).starts_with(&format!("{prefix}-"))).count() >= 2
+            files
+                .iter()
+                .filter(|g| name(g).starts_with(&format!("{prefix}-")))
+                .count()
+                >= 2
         })
         .unwrap_or_else(|| panic!("two flushes leave two files in a partition: {files:?}"));
     let lost = duck(

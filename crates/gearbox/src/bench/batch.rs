@@ -146,7 +146,12 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<()> {
     );
     for c in &cases {
         let Some(secs) = c.secs else {
-            println!("{:<30} {:>12} (skipped: no duckdb at {})", c.name, "-", args.python.display());
+            println!(
+                "{:<30} {:>12} (skipped: no duckdb at {})",
+                c.name,
+                "-",
+                args.python.display()
+            );
             continue;
         };
         let mut ratios = String::new();
