@@ -458,7 +458,12 @@ impl<J: BatchJob> Scheduled<J> {
             }
             let request = self.log.lock().pending.take();
             if let Some(r) = request {
-                let from = r.watermark.or_else(|| self.state.watermark.clone());
+                // A backfill from "" starts from the beginning (the job's configured start).
+                let from = match r.watermark {
+                    Some(w) if w.is_empty() => None,
+                    Some(w) => Some(w),
+                    None => self.state.watermark.clone(),
+                };
                 self.begin(r.trigger, None, from);
                 return;
             }
@@ -538,8 +543,16 @@ impl<J: BatchJob> Source for Scheduled<J> {
         let active = self.active.as_mut().expect("a run is active");
         if !active.started {
             let from = active.run.watermark_before.clone();
+            let backfill = active.run.trigger == Trigger::Backfill;
             if let Err(e) = self.job.start(from).await {
                 self.fail_run(&e.to_string());
+                if backfill && matches!(e, SourceError::Fatal { .. }) {
+                    // A watermark the job cannot use (an operator's typo): that run fails, the
+                    // stored watermark stays, and the schedule goes on.
+                    self.retry = None;
+                    self.publish();
+                    return Err(SourceError::transient(format!("backfill refused: {e}")));
+                }
                 return Err(e);
             }
             if let Some(a) = self.active.as_mut() {

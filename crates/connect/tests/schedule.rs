@@ -168,7 +168,7 @@ fn appended(n: usize) -> Vec<RecordOutcome> {
 }
 
 /// Runs one whole run through the Source interface, acking every batch; returns the cursors.
-async fn one_run(s: &mut Scheduled<Job>, max: usize) -> Vec<Value> {
+async fn one_run<J: BatchJob>(s: &mut Scheduled<J>, max: usize) -> Vec<Value> {
     let mut cursors = Vec::new();
     loop {
         let b = s.next_batch(max).await.unwrap().unwrap();
@@ -398,14 +398,7 @@ async fn a_backfill_runs_from_an_older_watermark_and_waits_for_a_running_run() {
     assert_eq!(log.trigger(Some("3".into())).unwrap(), Trigger::Backfill);
     assert_eq!(log.view().queued, Some(Trigger::Backfill));
     s.ack(b.token, appended(4)).await.unwrap();
-    loop {
-        let b = s.next_batch(4).await.unwrap().unwrap();
-        let last = b.records.is_empty();
-        s.ack(b.token, appended(b.records.len())).await.unwrap();
-        if last {
-            break;
-        }
-    }
+    one_run(&mut s, 4).await;
     assert_eq!(log.view().watermark.as_deref(), Some("10"));
     one_run(&mut s, 100).await;
     let view = log.view();
@@ -497,4 +490,70 @@ async fn in_the_runtime_rows_land_and_rejected_rows_are_dead_lettered() {
     let stored: Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(stored["watermark"], "5");
     runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A job whose watermarks must be numbers: a backfill from a word is refused at start.
+#[tokio::test]
+async fn a_backfill_from_a_watermark_the_job_refuses_fails_that_run_only() {
+    #[derive(Debug)]
+    struct Strict(Job);
+    impl BatchJob for Strict {
+        fn kind(&self) -> &'static str {
+            "strict"
+        }
+        async fn start(&mut self, watermark: Option<String>) -> Result<(), SourceError> {
+            if watermark
+                .as_deref()
+                .is_some_and(|w| w.parse::<u64>().is_err())
+            {
+                return Err(SourceError::Fatal {
+                    message: format!("{watermark:?} is not a number"),
+                });
+            }
+            self.0.start(watermark).await
+        }
+        async fn next(&mut self, max: usize) -> Result<Vec<Item>, SourceError> {
+            self.0.next(max).await
+        }
+        fn watermark(&self) -> Option<String> {
+            self.0.watermark()
+        }
+    }
+    let table = Table::default();
+    rows(&table, 1..=4);
+    let mut s = Scheduled::new(
+        Strict(Job {
+            table: table.clone(),
+            pending: Vec::new(),
+            reached: None,
+        }),
+        &config("0 0 1 1 *"),
+    )
+    .unwrap();
+    s.open(None).await.unwrap();
+    let log = s.runs().unwrap();
+    log.trigger(None).unwrap();
+    one_run(&mut s, 10).await;
+    log.trigger(Some("yesterday".into())).unwrap();
+    let e = s.next_batch(10).await.unwrap_err();
+    assert!(
+        matches!(&e, SourceError::Transient { message, .. } if message.contains("backfill refused")),
+        "{e:?}"
+    );
+    let view = log.view();
+    assert_eq!(view.history[0].trigger, Trigger::Backfill);
+    assert_eq!(view.history[0].outcome, Outcome::Failed);
+    assert_eq!(
+        view.watermark.as_deref(),
+        Some("4"),
+        "the stored watermark stays"
+    );
+    // No retry of the refused backfill; "" backfills from the beginning.
+    log.trigger(Some(String::new())).unwrap();
+    one_run(&mut s, 10).await;
+    let view = log.view();
+    assert_eq!(view.history[0].trigger, Trigger::Backfill);
+    assert_eq!(view.history[0].watermark_before, None);
+    assert_eq!(view.history[0].rows, 4);
+    assert_eq!(view.history[0].outcome, Outcome::Ok);
 }

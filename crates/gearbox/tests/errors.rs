@@ -379,6 +379,29 @@ fn cases(p: u64, hw: u64) -> Vec<(String, Req, Expect)> {
         expect(404, "pipeline_not_found", Some("name")),
     );
     add(
+        "runs: a pipeline without a schedule",
+        Req::get("/v1/pipelines/hook/runs"),
+        expect(409, "pipeline_not_scheduled", Some("name")),
+    );
+    add(
+        "replay: into a source pipeline",
+        Req::json(
+            "POST",
+            "/v1/pipelines/hook/replay",
+            &serde_json::json!({"offset": 0}),
+        ),
+        expect(409, "replay_unsupported", Some("name")),
+    );
+    add(
+        "reconcile: a pipeline that is not a Parquet sink",
+        Req::json(
+            "POST",
+            "/v1/reconcile",
+            &serde_json::json!({"pipeline": "hook"}),
+        ),
+        expect(404, "pipeline_not_found", Some("pipeline")),
+    );
+    add(
         "trace: an event lineage never saw",
         Req::get("/v1/events/never-published/trace"),
         expect(404, "event_not_found", Some("id")),
