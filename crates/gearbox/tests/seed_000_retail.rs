@@ -110,13 +110,16 @@ fn runs(server: &Server) -> Vec<Value> {
     body["runs"].as_array().cloned().unwrap_or_default()
 }
 
-/// Waits until a run newer than `after` (by id) has finished ok; returns it.
+/// Waits until a run newer than `after` (by id) has read rows and finished ok; returns it. (Runs
+/// start every two seconds; one may find nothing new, or a file still settling.)
 fn next_ok_run(server: &Server, after: Option<u64>) -> Value {
     let mut found = None;
     wait_for(server, "an export run", 30, || {
-        found = runs(server)
-            .into_iter()
-            .find(|r| r["outcome"] == "ok" && after.is_none_or(|a| r["id"].as_u64() > Some(a)));
+        found = runs(server).into_iter().find(|r| {
+            r["outcome"] == "ok"
+                && r["rows"].as_u64() > Some(0)
+                && after.is_none_or(|a| r["id"].as_u64() > Some(a))
+        });
         found.is_some()
     });
     found.unwrap()
