@@ -603,26 +603,7 @@ impl BatchJob for SqlJob {
 // ---------------------------------------------------------------------------------------------
 // Postgres
 
-fn pg_error(context: &str, e: &tokio_postgres::Error) -> SourceError {
-    let message = match e.as_db_error() {
-        Some(db) => format!("{context}: {} ({})", db.message(), db.code().code()),
-        None => format!("{context}: {e}"),
-    };
-    match e.code().map(tokio_postgres::error::SqlState::code) {
-        // No SQLSTATE: the connection failed or was lost.
-        None => SourceError::transient(message),
-        Some(c)
-            if c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57")
-                || c == "40001"
-                || c == "40P01" =>
-        {
-            SourceError::transient(message)
-        }
-        Some(_) => SourceError::Fatal { message },
-    }
-}
+use crate::postgres::cdc::pg_error;
 
 async fn read_postgres(
     pg: &tokio_postgres::Config,

@@ -611,7 +611,8 @@ pub(crate) fn pg_error(context: &str, e: &tokio_postgres::Error) -> SourceError 
                 || c.starts_with("53")
                 || c.starts_with("57")
                 || c == "55006"
-                || c == "40001" =>
+                || c == "40001"
+                || c == "40P01" =>
         {
             SourceError::transient(message)
         }
